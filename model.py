@@ -1,0 +1,520 @@
+"""
+Qwen2.5 from scratch, and UALM around it.
+
+Part 1, the backbone: a decoder-only transformer whose module names equal the HF
+checkpoint keys (`model.layers.0.self_attn.q_proj.weight`, ...), so loading a real
+Qwen2.5 checkpoint is a checked, near-identity copy. RMSNorm in fp32, rotate-half
+RoPE, grouped-query attention with q/k/v bias through scaled_dot_product_attention,
+SwiGLU MLP, tied or untied head, a static preallocated KV cache for decoding.
+
+Part 2, the checkpoint reader: safetensors parsed by hand (8-byte header length, a
+JSON header, raw little-endian data), memory-mapped so weights are never copied twice.
+
+Part 3, UALM (SPEC.md section 1): the same backbone over a unified vocabulary
+(256 specials, the text vocabulary shifted by 256, 8 codec intervals of 1025), with
+[B, L, 8] inputs whose stream embeddings are summed, continuous audio features at
+placeholder positions, and a shared head whose audio logits are restricted per codebook.
+"""
+
+import json
+import math
+import mmap
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from encoder import Adapter
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, d):
+        """HF config.json dict -> Qwen2Config; accepts both spellings of rope_theta."""
+        d = dict(d)
+        if "rope_theta" not in d and isinstance(d.get("rope_parameters"), dict):
+            d["rope_theta"] = d["rope_parameters"]["rope_theta"]
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Exact shapes of the released checkpoints (SPEC.md section 10), plus a CPU toy.
+PRESETS = {
+    "qwen2.5-0.5b": Qwen2Config(),
+    "qwen2.5-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                num_attention_heads=12, num_key_value_heads=2),
+    "qwen2.5-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                              tie_word_embeddings=False),
+    "tiny": Qwen2Config(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+                        rope_theta=10000.0),
+}
+
+# -----------------------------------------------------------------------------
+# The backbone
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in fp32 whatever the compute dtype, as the reference does
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(position_ids, head_dim, theta, dtype):
+    """position_ids [B, T] -> cos, sin [B, 1, T, head_dim], computed in fp32.
+    e.g. position 0 gives cos=1, sin=0 (identity rotation)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    freqs = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE: the two halves of each head are the (re, im) parts."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache(nn.Module):
+    """Static, preallocated cache (gpt-fast): K/V written at input_pos, never reallocated."""
+
+    def __init__(self, batch_size, n_kv_heads, max_len, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos, k, v):
+        self.k.index_copy_(2, input_pos, k)  # (B, nkv, S, hd)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
+        self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
+        self.kv_cache = None
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:  # decoding: attend over the whole static cache, masked
+            k, v = self.kv_cache.update(input_pos, k, v)
+        # no mask means plain causal attention over this call's T tokens
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    """Embedding table, blocks and final norm: everything under the `model.` prefix."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, position_ids=None, mask=None, input_pos=None):
+        """x: embeddings (B, T, d) -> final normed hidden states (B, T, d).
+        position_ids (B, T) default to 0..T-1 (packing restarts them per sample);
+        mask (B, 1, T, S) bool, True = may attend; None means causal.
+        input_pos (T,) switches on the KV cache: write there, attend to the cache."""
+        B, T, _ = x.shape
+        if position_ids is None:
+            base = input_pos if input_pos is not None else torch.arange(T, device=x.device)
+            position_ids = base[None].expand(B, T)
+        if input_pos is not None and mask is None:
+            S = self.layers[0].self_attn.kv_cache.k.shape[2]
+            mask = (torch.arange(S, device=x.device)[None] <= input_pos[:, None])[None, None]  # (1,1,T,S)
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        return self.norm(x)
+
+
+def packed_mask(doc_ids):
+    """doc_ids (B, T) -> bool mask (B, 1, T, T): causal, and never across samples.
+    e.g. doc_ids [[0,0,1]] lets token 2 see only itself."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def sample_next(logits, temperature=0.0, top_k=None, generator=None):
+    """logits (..., V) -> ids (...). Greedy at temperature 0, else top-k sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return flat.view(probs.shape[:-1])
+
+
+class Qwen2(nn.Module):
+    """Qwen2ForCausalLM: `model` (embeddings, blocks, norm) and `lm_head`."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(_init_weights)
+
+    def forward(self, input_ids, position_ids=None, mask=None, input_pos=None):
+        """input_ids (B, T) -> logits (B, T, vocab)."""
+        h = self.model(self.model.embed_tokens(input_ids), position_ids, mask, input_pos)
+        return self.lm_head(h)
+
+    def setup_cache(self, batch_size, max_len, dtype=None, device=None):
+        w = self.model.embed_tokens.weight
+        for layer in self.model.layers:
+            a = layer.self_attn
+            a.kv_cache = KVCache(batch_size, a.n_kv, max_len, a.hd, dtype or w.dtype, device or w.device)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+        """input_ids (B, T) -> (B, T + max_new_tokens): prefill once, then one token a step."""
+        B, T = input_ids.shape
+        self.setup_cache(B, T + max_new_tokens)
+        pos = torch.arange(T, device=input_ids.device)
+        out = [input_ids]
+        h = self.model(self.model.embed_tokens(input_ids), input_pos=pos)
+        for i in range(max_new_tokens):
+            nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, generator)  # (B,)
+            out.append(nxt[:, None])
+            if i + 1 == max_new_tokens:
+                break
+            pos = pos[-1:] + 1
+            h = self.model(self.model.embed_tokens(nxt[:, None]), input_pos=pos)
+        return torch.cat(out, dim=1)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None):
+        """Build from an HF folder (config.json + model.safetensors or shards).
+        dtype None keeps the stored dtype (the weights stay memory-mapped, no copy)."""
+        cfg = Qwen2Config.from_hf(read_config(path))
+        state = load_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        check_state_dict(model, state, path)
+        model.load_state_dict(state, strict=False, assign=True)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model.to(device=device, dtype=dtype)
+
+
+def _init_weights(m):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+# -----------------------------------------------------------------------------
+# Checkpoints: safetensors by hand
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def load_safetensors(path):
+    """Read a .safetensors file -> {name: tensor}, memory-mapped (copy-on-write).
+    Layout: u64 little-endian header size N, N bytes of JSON {name: {dtype, shape,
+    data_offsets: [begin, end]}} (offsets relative to the data after the header)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such safetensors file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{path}: truncated or not a safetensors file (bad header length); re-download it")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path}: corrupt safetensors header (invalid JSON); re-download it") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: corrupt safetensors header; re-download it")
+        header.pop("__metadata__", None)
+        if size == 8 + n:  # nothing to map (every tensor empty)
+            buf = bytearray()
+        else:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, info in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape, (begin, end) = info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: corrupt entry for {name!r} in the header; re-download it") from None
+        count = math.prod(shape)
+        if end - begin != count * dtype.itemsize or begin < 0:
+            raise ValueError(f"{path}: {name!r} has {end - begin} bytes, expected {count * dtype.itemsize}")
+        if 8 + n + end > size:
+            raise ValueError(f"{path}: truncated: {name!r} ends past the end of the file; re-download it")
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:
+            out[name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + begin).view(shape)
+    return out
+
+
+def save_safetensors(tensors, path):
+    """The inverse of load_safetensors (written to a temporary file, then renamed)."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, offset, blobs = {}, 0, []
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # pad so the data starts 8-byte aligned
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def read_config(path):
+    fn = os.path.join(path, "config.json")
+    if not os.path.isfile(fn):
+        raise FileNotFoundError(f"{fn}: not found; pass a Hugging Face checkpoint folder")
+    try:
+        with open(fn) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{fn}: not valid JSON ({e})") from None
+
+
+def load_checkpoint(path):
+    """All tensors of an HF folder: model.safetensors, or the shards its index names."""
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return load_safetensors(single)
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+    with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        fn = os.path.join(path, shard)
+        if not os.path.isfile(fn):
+            raise FileNotFoundError(f"{fn}: shard listed in {index} is missing")
+        state.update(load_safetensors(fn))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ValueError(f"{index}: names {missing[:3]} but the shards do not hold them")
+    return state
+
+
+def check_state_dict(model, state, path):
+    """Every parameter present with its shape; nothing unexpected. Raises before any copy.
+    A tied model may carry a redundant lm_head.weight, which is dropped."""
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    if model.cfg.tie_word_embeddings:
+        want.pop("lm_head.weight", None)
+        state.pop("lm_head.weight", None)
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise ValueError(f"{path}: config.json does not match the weights: missing {missing[:4]}, "
+                         f"unexpected {extra[:4]}")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != tuple(shape):
+            raise ValueError(f"{path}: config.json does not match the weights: {k} has shape "
+                             f"{tuple(state[k].shape)}, the config implies {tuple(shape)}")
+
+# -----------------------------------------------------------------------------
+# UALM: the unified vocabulary and the 8-stream model (SPEC.md section 1)
+
+N_SPECIAL = 256  # ids 0..255; the text vocabulary starts after them
+PAD, BOS, EOS, EOT, SYSTEM, USER, ASSISTANT, TEXT, AUDIO = range(9)
+AUDIO_IN = 9  # (choice) placeholder position filled by one encoder frame
+SPECIAL_NAMES = ["<|pad|>", "<|bos|>", "<|eos|>", "<|eot|>", "<|system|>", "<|user|>", "<|assistant|>",
+                 "<|text|>", "<|audio|>", "<|audio_in|>"]
+N_STREAMS = 8  # one stream per RVQ codebook; text lives in stream 0
+CODEBOOK_SIZE = 1024
+INTERVAL = CODEBOOK_SIZE + 1  # index 0 of each codebook's interval is its pad
+
+
+@dataclass
+class UALMConfig:
+    text_size: int = 4096  # rows of the text vocabulary (Qwen: its embedding rows)
+    audio_dim: int = 0  # width of the encoder features the adapter reads (0: no audio input)
+    backbone: dict = field(default_factory=lambda: asdict(PRESETS["tiny"]))  # a Qwen2Config as a dict
+
+    @property
+    def audio_offset(self):
+        return N_SPECIAL + self.text_size
+
+    @property
+    def vocab_size(self):
+        return self.audio_offset + N_STREAMS * INTERVAL
+
+    def backbone_config(self):
+        return Qwen2Config(**{**self.backbone, "vocab_size": self.vocab_size})
+
+    def text_ids(self, ids):
+        """Tokenizer ids -> unified ids. e.g. Qwen's 9707 ("Hello") -> 9963."""
+        return [i + N_SPECIAL for i in ids]
+
+    def audio_ids(self, codes):
+        """codes (..., 8, T) in 0..1023, -1 for a codebook's pad -> unified ids (..., 8, T).
+        e.g. codebook 2, code 5 -> audio_offset + 2*1025 + 6."""
+        k = torch.arange(N_STREAMS, device=codes.device)[:, None]
+        return self.audio_offset + k * INTERVAL + codes + 1
+
+    def codes_from_ids(self, ids):
+        """The inverse of audio_ids: unified ids (..., 8, T) -> codes, -1 for pad."""
+        k = torch.arange(N_STREAMS, device=ids.device)[:, None]
+        return ids - self.audio_offset - k * INTERVAL - 1
+
+
+class UALM(nn.Module):
+    """One decoder over [B, L, 8] token grids.
+
+    Input: the 8 streams' embeddings are summed (pad, id 0, embeds to zero); positions
+    whose stream 0 holds AUDIO_IN take the adapted encoder frames instead, in order.
+    Output: hidden h; stream 0 reads the full vocabulary through lm_head, and every
+    stream k reads its own codebook interval from h + stream_emb[k] (zero for k=0)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.lm = Qwen2(cfg.backbone_config())
+        d = self.lm.cfg.hidden_size
+        self.stream_emb = nn.Parameter(torch.zeros(N_STREAMS - 1, d))
+        self.adapter = Adapter(cfg.audio_dim, d) if cfg.audio_dim else None
+
+    def embed(self, ids, audio_feats=None):
+        """ids (B, L, 8) and encoder frames (M, audio_dim) -> input embeddings (B, L, d)."""
+        B, L, S = ids.shape
+        # a sum over the 8 streams in one lookup; PAD rows do not contribute
+        x = F.embedding_bag(ids.reshape(-1, S), self.lm.model.embed_tokens.weight, mode="sum",
+                            padding_idx=PAD).view(B, L, -1)
+        slots = ids[..., 0] == AUDIO_IN
+        n = int(slots.sum())
+        if n or audio_feats is not None:
+            if audio_feats is None or audio_feats.shape[0] != n:
+                got = 0 if audio_feats is None else audio_feats.shape[0]
+                raise ValueError(f"{got} audio frames given for {n} <|audio_in|> positions")
+            x = x.masked_scatter(slots.unsqueeze(-1), self.adapter(audio_feats).to(x.dtype))
+        return x
+
+    def forward(self, ids, audio_feats=None, position_ids=None, mask=None, input_pos=None):
+        """ids (B, L, 8) -> final hidden states (B, L, d); see text_logits / audio_logits."""
+        return self.lm.model(self.embed(ids, audio_feats), position_ids, mask, input_pos)
+
+    def text_logits(self, h):
+        """h (..., d) -> stream-0 logits over the whole unified vocabulary (..., V)."""
+        return self.lm.lm_head(h)
+
+    def audio_logits(self, h):
+        """h (..., d) -> per-codebook logits (..., 8, 1025); index 0 is the codebook's pad."""
+        off = self.cfg.audio_offset
+        w = self.lm.lm_head.weight[off:off + N_STREAMS * INTERVAL].view(N_STREAMS, INTERVAL, -1)
+        s = torch.cat([self.stream_emb.new_zeros(1, h.shape[-1]), self.stream_emb]).to(h.dtype)
+        return torch.einsum("...kd,kvd->...kv", h.unsqueeze(-2) + s, w)
+
+    def setup_cache(self, batch_size, max_len, dtype=None, device=None):
+        self.lm.setup_cache(batch_size, max_len, dtype, device)
+
+    @classmethod
+    def from_qwen(cls, path, audio_dim=0, dtype=None, device=None):
+        """Start from a Qwen2.5 checkpoint: its blocks as they are, its text rows moved
+        up by N_SPECIAL, new rows (specials, codec intervals) drawn at the scale of the
+        pretrained rows (the release uses N(0, 1), far off the pretrained scale)."""
+        qwen = Qwen2.from_pretrained(path)
+        cfg = UALMConfig(text_size=qwen.cfg.vocab_size, audio_dim=audio_dim, backbone=asdict(qwen.cfg))
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device="cpu")
+        model.apply(_init_weights)
+        nn.init.zeros_(model.stream_emb)
+        heads = ("model.embed_tokens.weight", "lm_head.weight")
+        result = model.lm.load_state_dict({k: v for k, v in qwen.state_dict().items() if k not in heads}, strict=False)
+        assert set(result.missing_keys) <= set(heads) and not result.unexpected_keys, result
+        pairs = [(qwen.model.embed_tokens.weight, model.lm.model.embed_tokens.weight)]
+        if not qwen.cfg.tie_word_embeddings:
+            pairs.append((qwen.lm_head.weight, model.lm.lm_head.weight))
+        with torch.no_grad():
+            for old, new in pairs:
+                new.normal_(0.0, old.float().std().item())  # new rows at the pretrained rows' scale
+                new[N_SPECIAL:N_SPECIAL + old.shape[0]] = old
+        if cfg.backbone_config().tie_word_embeddings:
+            model.lm.lm_head.weight = model.lm.model.embed_tokens.weight
+        return model.to(device=device, dtype=dtype or qwen.model.embed_tokens.weight.dtype)

@@ -1,0 +1,246 @@
+"""model.py against the reference: tiny random Qwen2ForCausalLM checkpoints written by
+transformers' save_pretrained, loaded by our from-scratch reader and backbone."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM  # noqa: E402
+
+from model import (AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, load_safetensors,  # noqa: E402
+                   packed_mask, save_safetensors)
+
+V = 320
+
+
+def hf_model(tied=True, kv_heads=2, theta=12345.0, seed=0):
+    torch.manual_seed(seed)
+    cfg = HFConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=kv_heads, tie_word_embeddings=tied, max_position_embeddings=512,
+                   rope_parameters={"rope_type": "default", "rope_theta": theta}, rms_norm_eps=1e-6)
+    m = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # large random weights, so that a wrong detail moves the logits
+        for name, p in m.named_parameters():
+            p.normal_(1.0 if name.endswith("layernorm.weight") or name.endswith("norm.weight") else 0.0, 0.15)
+    return m
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qwen")
+    out = {}
+    for name, kw, save in [("tied", dict(tied=True), {}), ("untied", dict(tied=False, kv_heads=4), {}),
+                           ("sharded", dict(tied=False), dict(max_shard_size="100KB"))]:
+        m = hf_model(**kw)
+        m.save_pretrained(root / name, **save)
+        out[name] = (str(root / name), m)
+    hf_model(seed=1).to(torch.bfloat16).save_pretrained(root / "bf16")
+    ref = Qwen2ForCausalLM.from_pretrained(root / "bf16", dtype=torch.float32).eval()  # bf16 weights, fp32 compute
+    out["bf16"] = (str(root / "bf16"), ref)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tied", "untied", "sharded", "bf16"])
+def test_logits_match_transformers(ckpts, name):
+    path, ref = ckpts[name]
+    if name == "sharded":
+        assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+    ours = Qwen2.from_pretrained(path, dtype=torch.float32)
+    x = torch.randint(0, V, (2, 37))
+    with torch.no_grad():
+        want, got = ref(x).logits, ours(x)
+    assert want.abs().max() > 1.0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_checkpoint_stays_bf16_and_memory_mapped(ckpts):
+    m = Qwen2.from_pretrained(ckpts["bf16"][0])
+    assert m.lm_head.weight.dtype == torch.bfloat16
+    assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()  # tied
+
+
+def test_kv_cache_decoding_matches_full_forward(ckpts):
+    path, _ = ckpts["untied"]
+    m = Qwen2.from_pretrained(path)
+    x = torch.randint(0, V, (3, 24))
+    with torch.no_grad():
+        full = m(x)
+        m.setup_cache(3, 32)
+        steps = [m(x[:, :10], input_pos=torch.arange(10))]
+        for t in range(10, 24):
+            steps.append(m(x[:, t:t + 1], input_pos=torch.tensor([t])))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tied", "untied"])
+def test_greedy_generate_equals_transformers(ckpts, name):
+    path, ref = ckpts[name]
+    m = Qwen2.from_pretrained(path)
+    x = torch.randint(0, V, (2, 9))
+    want = ref.generate(x, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+    got = m.generate(x, 32)
+    assert got.shape == (2, 41)
+    assert torch.equal(got, want)
+
+
+def test_packed_forward_equals_separate_forwards(ckpts):
+    m = Qwen2.from_pretrained(ckpts["tied"][0])
+    a, b = torch.randint(0, V, (1, 11)), torch.randint(0, V, (1, 6))
+    doc = torch.tensor([[0] * 11 + [1] * 6])
+    pos = torch.cat([torch.arange(11), torch.arange(6)])[None]
+    with torch.no_grad():
+        packed = m(torch.cat([a, b], 1), position_ids=pos, mask=packed_mask(doc))
+        torch.testing.assert_close(packed[:, :11], m(a), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[:, 11:], m(b), atol=1e-5, rtol=1e-5)
+
+
+def edit_config(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = json.load(open(os.path.join(dst, "config.json")))
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
+
+
+def test_both_config_spellings(ckpts, tmp_path):
+    path, ref = ckpts["tied"]
+    old = tmp_path / "old"  # older transformers: rope_theta and torch_dtype at top level
+    edit_config(path, old, rope_parameters=None, rope_theta=12345.0, dtype=None, torch_dtype="float32")
+    m = Qwen2.from_pretrained(str(old))
+    assert m.cfg.rope_theta == 12345.0
+    x = torch.randint(0, V, (1, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_safetensors_reader_equals_library(tmp_path):
+    from safetensors.torch import load_file, save_file
+    ts = {"a": torch.randn(3, 5), "b": torch.randn(7).half(), "c": torch.randn(2, 2, 2).bfloat16(),
+          "d": torch.arange(6).view(2, 3), "e": torch.zeros(0, 4)}
+    save_file(ts, tmp_path / "x.safetensors", metadata={"format": "pt"})
+    ours = load_safetensors(str(tmp_path / "x.safetensors"))
+    assert set(ours) == set(ts)
+    for k in ts:
+        assert ours[k].dtype == ts[k].dtype and torch.equal(ours[k], ts[k])
+    save_safetensors(ts, str(tmp_path / "y.safetensors"))  # and the library reads what we write
+    theirs = load_file(tmp_path / "y.safetensors")
+    assert all(torch.equal(theirs[k], ts[k]) for k in ts)
+
+
+def test_truncated_and_corrupt_files(ckpts, tmp_path):
+    path, _ = ckpts["tied"]
+    bad = tmp_path / "trunc"
+    shutil.copytree(path, bad)
+    fn = bad / "model.safetensors"
+    data = fn.read_bytes()
+    fn.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors: truncated"):
+        Qwen2.from_pretrained(str(bad))
+    fn.write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(ValueError, match=r"model.safetensors: corrupt safetensors header"):
+        Qwen2.from_pretrained(str(bad))
+    fn.write_bytes(b"\x01")
+    with pytest.raises(ValueError, match=r"not a safetensors file"):
+        Qwen2.from_pretrained(str(bad))
+
+
+def test_missing_files(ckpts, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config.json: not found"):
+        Qwen2.from_pretrained(str(tmp_path))
+    bad = tmp_path / "shards"
+    shutil.copytree(ckpts["sharded"][0], bad)
+    shard = sorted(p for p in os.listdir(bad) if p.endswith(".safetensors"))[-1]
+    os.remove(bad / shard)
+    with pytest.raises(FileNotFoundError, match=rf"{shard}: shard listed in .* is missing"):
+        Qwen2.from_pretrained(str(bad))
+
+
+def test_config_that_does_not_match(ckpts, tmp_path):
+    edit_config(ckpts["tied"][0], tmp_path / "layers", num_hidden_layers=4)
+    with pytest.raises(ValueError, match=r"config.json does not match the weights: missing \['model.layers.3"):
+        Qwen2.from_pretrained(str(tmp_path / "layers"))
+    edit_config(ckpts["tied"][0], tmp_path / "width", intermediate_size=128)
+    with pytest.raises(ValueError, match=r"mlp.gate_proj.weight has shape \(96, 64\), the config implies \(128, 64\)"):
+        Qwen2.from_pretrained(str(tmp_path / "width"))
+    edit_config(ckpts["tied"][0], tmp_path / "untie", tie_word_embeddings=False)  # untied but no lm_head
+    with pytest.raises(ValueError, match=r"missing \['lm_head.weight'\]"):
+        Qwen2.from_pretrained(str(tmp_path / "untie"))
+
+
+def test_redundant_lm_head_in_tied_checkpoint(ckpts, tmp_path):
+    path, ref = ckpts["tied"]
+    bad = tmp_path / "redundant"
+    shutil.copytree(path, bad)
+    state = load_safetensors(str(bad / "model.safetensors"))
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    save_safetensors(state, str(bad / "model.safetensors"))
+    m = Qwen2.from_pretrained(str(bad))
+    x = torch.randint(0, V, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x).logits, atol=1e-4, rtol=1e-4)
+
+
+# ---- UALM on the same backbone
+
+
+@pytest.mark.parametrize("name", ["tied", "untied"])
+def test_ualm_from_qwen_keeps_text_behaviour(ckpts, name):
+    """A text-only [B, L, 8] grid (text in stream 0, pad elsewhere) through the extended
+    model gives, on the text interval, exactly the logits of the original checkpoint."""
+    path, ref = ckpts[name]
+    u = UALM.from_qwen(path, audio_dim=16)
+    cfg = u.cfg
+    assert cfg.vocab_size == N_SPECIAL + V + N_STREAMS * 1025
+    x = torch.randint(0, V, (2, 13))
+    grid = torch.zeros(2, 13, N_STREAMS, dtype=torch.long)
+    grid[..., 0] = x + N_SPECIAL
+    with torch.no_grad():
+        got = u.text_logits(u(grid))[..., N_SPECIAL:N_SPECIAL + V]
+        torch.testing.assert_close(got, ref(x).logits, atol=1e-4, rtol=1e-4)
+    emb = u.lm.model.embed_tokens.weight
+    old = ref.model.embed_tokens.weight
+    new_rows = torch.cat([emb[:N_SPECIAL], emb[N_SPECIAL + V:]])
+    assert 0.8 < new_rows.std().item() / old.std().item() < 1.2  # new rows at the pretrained scale
+    assert u.lm.cfg.tie_word_embeddings == (name == "tied")
+
+
+def test_ualm_streams_and_audio_slots():
+    torch.manual_seed(0)
+    cfg = UALMConfig(text_size=50, audio_dim=12, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
+                                                               num_hidden_layers=2, num_attention_heads=4,
+                                                               num_key_value_heads=2, rope_theta=10000.0))
+    u = UALM(cfg).eval()
+    with torch.no_grad():
+        u.stream_emb.normal_()
+    codes = torch.randint(-1, 1024, (N_STREAMS, 5))
+    ids = cfg.audio_ids(codes)
+    assert torch.equal(cfg.codes_from_ids(ids), codes)
+    assert ids[3, 0] == cfg.audio_offset + 3 * 1025 + codes[3, 0] + 1
+    grid = torch.zeros(1, 9, N_STREAMS, dtype=torch.long)
+    grid[0, 0, 0] = N_SPECIAL + 7  # a text token
+    grid[0, 1:3, 0] = AUDIO_IN  # two encoder frames
+    grid[0, 3:8] = ids.T  # five audio frames
+    grid[0, 8, 0] = PAD
+    feats = torch.randn(2, 12)
+    W = u.lm.model.embed_tokens.weight
+    with torch.no_grad():
+        x = u.embed(grid, feats)
+        torch.testing.assert_close(x[0, 0], W[N_SPECIAL + 7])
+        torch.testing.assert_close(x[0, 1:3], u.adapter(feats))
+        torch.testing.assert_close(x[0, 3:8], W[ids.T].sum(1))
+        assert x[0, 8].abs().max() == 0  # pad embeds to zero
+        h = u(grid, feats)
+        al = u.audio_logits(h)  # (1, 9, 8, 1025)
+        full = torch.stack([u.lm.lm_head(h + (u.stream_emb[k - 1] if k else 0)) for k in range(N_STREAMS)], 2)
+        for k in range(N_STREAMS):
+            lo = cfg.audio_offset + k * 1025
+            torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1 audio frames given for 2"):
+        u.embed(grid, feats[:1])
