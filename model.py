@@ -173,7 +173,9 @@ class Qwen2Model(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # _weight skips nn.Embedding's own init, which is slow under torch.device("meta")
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -226,7 +228,8 @@ class Qwen2(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(_init_weights)
+        if not self.lm_head.weight.is_meta:  # a meta model is built only to be loaded into
+            self.apply(_init_weights)
 
     def forward(self, input_ids, position_ids=None, mask=None, input_pos=None):
         """input_ids (B, T) -> logits (B, T, vocab)."""

