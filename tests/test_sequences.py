@@ -1,0 +1,95 @@
+"""sequences.py: the template as a worked example, packing, and the packed loss."""
+
+import torch
+import torch.nn.functional as F
+
+from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
+from sequences import FRAME, NO_LOSS, TOKEN, build, cfg_dropout, collate, loss_sums, pack
+
+CFG = UALMConfig(text_size=100, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
+                                                            num_hidden_layers=2, num_attention_heads=4,
+                                                            num_key_value_heads=2, rope_theta=10000.0))
+
+
+def enc(s):
+    return [ord(c) - ord("a") for c in s]
+
+
+def test_template_worked_example():
+    codes = torch.arange(16).view(8, 2)  # two frames
+    s = build([{"role": "user", "text": "ab"}, {"role": "user", "feats": torch.zeros(3, 16)},
+               {"role": "assistant", "text": "c"}, {"role": "assistant", "codes": codes}], enc, CFG)
+    stream0 = s.ids[:, 0].tolist()
+    t = N_SPECIAL
+    assert stream0[:16] == [BOS, USER, TEXT, t + 0, t + 1, EOT, USER, AUDIO, AUDIO_IN, AUDIO_IN, AUDIO_IN, EOS,
+                            ASSISTANT, TEXT, t + 2, EOT]
+    assert stream0[16:18] == [ASSISTANT, AUDIO] and stream0[-1] == EOS
+    frames = s.ids[18:-1]  # 2 frames + 7 delay steps
+    assert frames.shape == (9, 8)
+    off = CFG.audio_offset
+    # step 0: codebook 0 holds frame 0's code, codebooks 1..7 their pad (interval index 0)
+    assert frames[0].tolist() == [off + codes[0, 0] + 1] + [off + k * 1025 for k in range(1, 8)]
+    # codebook k shifted right by k: frame 1 of codebook 7 sits at step 8
+    assert frames[8, 7] == off + 7 * 1025 + codes[7, 1] + 1
+    assert (s.ids[:16, 1:] == PAD).all()
+    kinds = s.kind.tolist()
+    assert kinds[:12] == [NO_LOSS] * 12  # user messages: no loss
+    assert kinds[12:18] == [TOKEN] * 6 and kinds[18:27] == [FRAME] * 9 and kinds[27] == TOKEN
+    assert s.feats.shape == (3, 16)
+
+
+def test_cfg_dropout_keeps_only_the_audio():
+    codes = torch.randint(0, 1024, (8, 4))
+    s = cfg_dropout(build([{"role": "user", "text": "abc"}, {"role": "assistant", "codes": codes}], enc, CFG))
+    frame = s.kind == FRAME
+    assert int(frame.sum()) == 4 + 7
+    assert (s.ids[~frame] == PAD).all() and (s.kind[~frame] == NO_LOSS).all()
+
+
+def test_best_fit_packing():
+    assert pack([6, 5, 4, 3], 10) == [[0, 2], [1, 3]]
+    assert pack([7, 2, 2, 2, 2], 8) == [[0], [1, 2, 3, 4]]
+
+
+def test_packed_loss_equals_one_by_one():
+    torch.manual_seed(0)
+    model = UALM(CFG).eval()
+    with torch.no_grad():
+        model.stream_emb.normal_()
+    convs = [[{"role": "user", "text": "make"}, {"role": "assistant", "codes": torch.randint(0, 1024, (8, 5))}],
+             [{"role": "user", "text": "what"}, {"role": "user", "feats": torch.randn(4, 16)},
+              {"role": "assistant", "text": "bell"}],
+             [{"role": "user", "text": "twoplus"}, {"role": "assistant", "text": "four"}],
+             [{"role": "user", "feats": torch.randn(6, 16)}, {"role": "assistant", "text": "ab"},
+              {"role": "assistant", "codes": torch.randint(0, 1024, (8, 3))}]]
+    samples = [build(c, enc, CFG) for c in convs]
+    samples.append(cfg_dropout(samples[0]))
+    bins = pack([len(s) for s in samples], 48)
+    assert len(bins) < len(samples)  # something really got packed together
+    packed = loss_sums(model, collate(samples, bins, 48))
+    alone = [loss_sums(model, collate(samples, [[i]], len(s))) for i, s in enumerate(samples)]
+    for key in ("sum", "n", "text", "codebooks"):
+        torch.testing.assert_close(packed[key], sum(a[key] for a in alone), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_weights_by_hand():
+    """One assistant text token and one audio frame: the loss is (CE_token + mean of the
+    8 codebook CEs) / 2, computed here from the logits directly."""
+    torch.manual_seed(1)
+    model = UALM(CFG).eval()
+    codes = torch.randint(0, 1024, (8, 1))
+    s = build([{"role": "user", "text": "a"}, {"role": "assistant", "codes": codes}], enc, CFG)
+    batch = collate([s], [[0]], len(s))
+    got = loss_sums(model, batch)
+    h = model(s.ids[None, :-1])[0]
+    ce = []
+    for r in range(1, len(s)):
+        if s.kind[r] == TOKEN:
+            ce.append(F.cross_entropy(model.text_logits(h[r - 1]), s.ids[r, 0]))
+        elif s.kind[r] == FRAME:
+            logits = model.lm.lm_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
+            per = [F.cross_entropy(logits[k, CFG.audio_offset + 1025 * k:CFG.audio_offset + 1025 * (k + 1)],
+                                   s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)]
+            ce.append(sum(per) / 8)
+    assert int(got["n"]) == len(ce) == 3 + 8  # <|assistant|>, <|audio|>, <|eos|> and 1 + 7 delayed rows
+    torch.testing.assert_close(got["sum"] / got["n"], sum(ce) / len(ce), atol=1e-5, rtol=1e-5)
