@@ -1,0 +1,131 @@
+"""
+A small contrastive audio-text model of the toy world (CLAP-style). Three jobs:
+
+- the CLAP score of evaluation: cosine similarity of a clip's and a prompt's embeddings;
+- the reward that ranks the model's own samples into DPO pairs;
+- the LM's ears: its audio tower is encoder.py's Whisper-style encoder, and the frozen,
+  trained tower is what the LM hears through (the paper's frozen AF-Whisper; nothing
+  pretrained exists offline, so the toy world trains its own).
+
+The audio tower learns from two signals: the contrastive loss against the caption, and
+a frame-level tagging loss from the world's ground truth (which events sound in each
+40 ms frame, where units start, their pitch and level), so that its 25 Hz features keep
+the timing the LM needs to count and to order events.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, AudioEncoder
+from world import KEYWORDS
+
+K = len(KEYWORDS)
+N_TAGS = 2 * K + 4  # active per keyword, unit onset per keyword, low/high pitch, loud/quiet
+
+
+@dataclass
+class ClapConfig:
+    text_vocab: int = 1024  # the text tokenizer's vocab_size
+    encoder: str = "toy"  # an ENCODER_PRESETS name
+    d_text: int = 128
+    text_layers: int = 2
+    d_embed: int = 128  # the joint embedding space
+
+
+def frame_tags(events, n_frames):
+    """Ground-truth events -> (n_frames, N_TAGS) targets at 25 Hz.
+    e.g. a drum with hits at 0.1 s and 1.48 s sets 'drum active' over its span and
+    'drum onset' in frames 2 and 37."""
+    tags = torch.zeros(n_frames, N_TAGS)
+    frame = lambda t: min(n_frames - 1, int(t * FEATURES_PER_SECOND))  # noqa: E731
+    for ev in events:
+        k = KEYWORDS.index(ev["keyword"])
+        a, b = frame(ev["onset"]), frame(ev["offset"]) + 1
+        tags[a:b, k] = 1
+        for t in ev.get("times", [ev["onset"]]):
+            tags[frame(t), K + k] = 1
+        if ev.get("pitch") in ("low", "high"):
+            tags[a:b, 2 * K + (ev["pitch"] == "high")] = 1
+        if ev.get("loudness") in ("loud", "quiet"):
+            tags[a:b, 2 * K + 2 + (ev["loudness"] == "quiet")] = 1
+    return tags
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.text_vocab + 1, cfg.d_text, padding_idx=cfg.text_vocab)
+        self.pos = nn.Embedding(256, cfg.d_text)
+        layer = nn.TransformerEncoderLayer(cfg.d_text, 4, 4 * cfg.d_text, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.pad = cfg.text_vocab
+
+    def forward(self, ids):
+        """ids (B, T) padded with text_vocab -> mean-pooled (B, d_text)."""
+        keep = ids != self.pad
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        x = self.blocks(x, src_key_padding_mask=~keep)
+        return (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+
+
+class Clap(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.audio = AudioEncoder(ENCODER_PRESETS[cfg.encoder])
+        d = self.audio.config.d_model
+        self.tagger = nn.Linear(d, N_TAGS)
+        self.audio_proj = nn.Linear(d, cfg.d_embed)
+        self.text = TextTower(cfg)
+        self.text_proj = nn.Linear(cfg.d_text, cfg.d_embed)
+        self.logit_scale = nn.Parameter(torch.tensor(2.66))  # log(1 / 0.07), as CLIP
+
+    def hear(self, waves):
+        """16 kHz clips -> (25 Hz features (B, T25, d), lengths): the frozen ears of the LM."""
+        return self.audio.listen(waves)
+
+    def audio_embed(self, feats, lengths):
+        keep = torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None]
+        pooled = (feats * keep[..., None]).sum(1) / lengths[:, None]
+        return F.normalize(self.audio_proj(pooled), dim=-1)
+
+    def text_embed(self, ids):
+        return F.normalize(self.text_proj(self.text(ids)), dim=-1)
+
+    def loss(self, waves, ids, tags):
+        """Contrastive (both directions) + frame tagging; tags (B, T25, N_TAGS) padded."""
+        feats, lengths = self.hear(waves)
+        a, t = self.audio_embed(feats, lengths), self.text_embed(ids)
+        logits = self.logit_scale.exp().clamp(max=100) * a @ t.T
+        target = torch.arange(len(a), device=a.device)
+        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        keep = (torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None]).float()
+        bce = F.binary_cross_entropy_with_logits(self.tagger(feats), tags[:, :feats.shape[1]], reduction="none")
+        tagging = (bce.mean(-1) * keep).sum() / keep.sum()
+        return contrastive + tagging, {"contrastive": contrastive.item(), "tagging": tagging.item()}
+
+    @torch.no_grad()
+    def score(self, waves, ids):
+        """CLAP score: cosine similarity of each clip with its own text, (B,)."""
+        feats, lengths = self.hear(waves)
+        return (self.audio_embed(feats, lengths) * self.text_embed(ids)).sum(-1)
+
+    def checkpoint(self):
+        return {"config": asdict(self.cfg), "model": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        model = cls(ClapConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        return model.eval()
+
+
+def pad_ids(seqs, pad, max_len=256):
+    """[[5, 6], [7]] -> tensor [[5, 6], [7, pad]] (cut at max_len)."""
+    n = min(max_len, max(len(s) for s in seqs))
+    return torch.tensor([s[:n] + [pad] * (n - len(s[:n])) for s in seqs], dtype=torch.long)
+

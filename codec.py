@@ -1,0 +1,564 @@
+"""The mouth of UALM: an X-codec-style RVQ codec, 16 kHz audio <-> 8 x 1024 tokens at 50 Hz.
+
+X-codec (Ye et al. 2024, SPEC.md section 2) quantises acoustic and semantic features
+together, so the first codebooks carry meaning as well as sound:
+
+    wav [B, N] --acoustic conv encoder (strides 8*5*4*2 = 320)--> [B, latent, T]  -+
+    wav --frozen semantic teacher--> [B, 128, T] --conv--> [B, semantic, T] -------+
+        concat --fuse--> [B, D, T] --RVQ, 8 codebooks of 1024--> codes [B, 8, T]
+        --> waveform decoder (transposed convs mirroring the encoder) --> wav [B, 320 T]
+        --> semantic decoder --> [B, 128, T], regressed onto the teacher's features
+
+The teacher in X-codec is a frozen HuBERT. No weights can be downloaded here, so our
+stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.py) at
+100 Hz, average-pooled to the codec's 50 Hz. It is frozen by construction, which is
+the property the architecture relies on.
+
+Losses: multi-resolution STFT (spectral convergence + log magnitude), multi-resolution
+mel L1, the RVQ commitment loss and the semantic reconstruction (MSE). The codebooks
+are not trained by gradients: each starts as k-means of the first batch's residuals,
+follows its assigned vectors by an exponential moving average, and a code that falls
+out of use restarts at a random residual of the batch. The adversarial term of X-codec
+(and of DAC/EnCodec) is left out: it buys perceptual crispness after days of GPU
+training, whereas the toy world is scored by spectral analysis, which the spectral
+losses already target, and a discriminator would double the cost of the 10-minute CPU
+run. The LM sees the tokens through the delay pattern (`delay_pattern` below).
+
+    python codec.py --out runs/codec     # toy preset: 1000 steps, ~10 min on a CPU core, then scores
+"""
+
+import argparse
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from encoder import hz_to_mel, log_mel_spectrogram, mel_to_hz
+from world import adherence, analyze
+
+# ---------------------------------------------------------------------------------------
+# Constants (X-codec's; model.py's N_STREAMS and CODEBOOK_SIZE must equal these)
+
+SAMPLE_RATE = 16000
+STRIDES = (8, 5, 4, 2)  # encoder downsampling per stage; the decoder mirrors it
+HOP = math.prod(STRIDES)  # 320 samples per frame
+FRAME_RATE = SAMPLE_RATE // HOP  # 50 Hz
+N_CODEBOOKS = 8  # 8 x 10 bits x 50 Hz = 4 kbps
+CODEBOOK_SIZE = 1024
+TEACHER_DIM = 128  # log-mel bins of the stand-in semantic teacher
+# (n_fft, n_mels) of the spectral losses; hop n_fft / 4. 2048 resolves the 150 Hz hums, 256 the clicks
+RESOLUTIONS = ((2048, 128), (1024, 80), (512, 64), (256, 32))
+LOG_FLOOR = 1e-2  # |STFT| floor before log: ~-75 dB for a sine at n_fft 256 (see spectral_losses)
+
+
+@dataclass
+class CodecConfig:
+    encoder_channels: int = 16  # first encoder stage; doubles at each downsampling
+    decoder_channels: int = 16  # last decoder stage; the decoder starts at 16x this
+    latent_dim: int = 64  # acoustic latent per frame
+    semantic_dim: int = 32  # projected teacher features, concatenated to the latent
+    code_dim: int = 64  # RVQ vector width
+    ema_decay: float = 0.99  # codebook moving average
+    # a code with fewer (EMA) assignments per batch restarts; a batch of 8 x 50 frames gives
+    # 400 / 1024 = 0.4 per code on average, so this is 1/8 of the average use
+    dead_threshold: float = 0.05
+    stft_weight: float = 1.0
+    mel_weight: float = 1.0
+    commit_weight: float = 0.25
+    semantic_weight: float = 1.0
+
+
+CODEC_PRESETS = {
+    "toy": CodecConfig(),
+    "micro": CodecConfig(encoder_channels=2, decoder_channels=2, latent_dim=8, semantic_dim=4, code_dim=8),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The delay pattern (MusicGen's, as the UALM release uses it)
+
+
+def delay_pattern(codes: torch.Tensor, pad: int = -1) -> torch.Tensor:
+    """Shift codebook k right by k steps: codes [B, K, T] -> [B, K, T + K - 1].
+
+    At step s the LM predicts {c1[s], c2[s-1], ..., cK[s-K+1]}, so each frame's coarse
+    codes are known before its fine ones. Empty cells hold `pad` (-1: that codebook's
+    pad, which model.UALMConfig.audio_ids maps to index 0 of its interval). For K = 3,
+    T = 4, with S = pad:
+
+        [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]  ->  [[1, 2, 3, 4, S, S],
+                                                         [S, 1, 2, 3, 4, S],
+                                                         [S, S, 1, 2, 3, 4]]
+    """
+    B, K, T = codes.shape
+    out = codes.new_full((B, K, T + K - 1), pad)
+    for k in range(K):
+        out[:, k, k:k + T] = codes[:, k]
+    return out
+
+
+def undelay_pattern(delayed: torch.Tensor) -> torch.Tensor:
+    """The exact inverse: delayed [B, K, T + K - 1] -> codes [B, K, T], row k = delayed[:, k, k:k+T].
+
+    e.g. [[1, 2, 3, 4, S, S], [S, 1, 2, 3, 4, S], [S, S, 1, 2, 3, 4]] -> [[1, 2, 3, 4]] * 3.
+    """
+    B, K, S = delayed.shape
+    T = S - (K - 1)
+    return torch.stack([delayed[:, k, k:k + T] for k in range(K)], dim=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The semantic teacher (frozen, non-learned stand-in for HuBERT)
+
+
+def teacher_features(wav: torch.Tensor) -> torch.Tensor:
+    """wav [B, N] (N a multiple of 320) -> [B, 128, N // 320]: log-mel pooled from 100 to 50 Hz.
+
+    Whisper's scaling ((log10 + 4) / 4, 80 dB range) already puts it in about [-1.5, 1.5].
+    e.g. teacher_features(torch.zeros(1, 16000)) is a (1, 128, 50) tensor of -1.5.
+    """
+    return F.avg_pool1d(log_mel_spectrogram(wav, TEACHER_DIM), 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks (DAC/EnCodec style, weight norm dropped for brevity)
+
+
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha (DAC): a periodic activation, well suited to tonal audio."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x):
+        return x + (self.alpha * x).sin().pow(2) / (self.alpha + 1e-9)
+
+
+class ResidualUnit(nn.Module):
+    """x + conv1x1(snake(conv7_dilated(snake(x)))); length preserved."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(Snake(channels), nn.Conv1d(channels, channels, 7, dilation=dilation,
+                                                              padding=3 * dilation),
+                                   Snake(channels), nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def encoder_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """[B, c_in, L] -> [B, c_out, L // stride]: a strided conv, then a residual unit at the lower rate.
+
+    Kernel 2s with padding ceil(s/2) gives exactly L / s frames for odd s too.
+    """
+    return nn.Sequential(Snake(c_in), nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=(stride + 1) // 2),
+                         ResidualUnit(c_out, 1))
+
+
+def decoder_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """[B, c_in, L] -> [B, c_out, L * stride]: a residual unit at the lower rate, then a transposed conv.
+
+    output_padding = s mod 2 makes the length exactly L * s for odd s (the 5).
+    """
+    return nn.Sequential(ResidualUnit(c_in, 1), Snake(c_in),
+                         nn.ConvTranspose1d(c_in, c_out, 2 * stride, stride=stride, padding=(stride + 1) // 2,
+                                            output_padding=stride % 2))
+
+
+class Encoder(nn.Module):
+    """wav [B, 1, N] -> latent [B, latent_dim, N // 320]; channels c, 2c, 4c, 8c, 16c at 16000, 2000, 400, 100, 50 Hz.
+
+    The big stride comes first (8, then 5, 4, 2) and residual units only run after a
+    downsampling, so nothing but two convs touches the 16 kHz signal: CPU training is
+    bound by the high-rate layers.
+    """
+
+    def __init__(self, c: int, latent_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv1d(1, c, 7, padding=3)
+        self.blocks = nn.Sequential(*[encoder_block(c * 2 ** i, c * 2 ** (i + 1), s) for i, s in enumerate(STRIDES)])
+        self.conv_out = nn.Sequential(Snake(c * 16), nn.Conv1d(c * 16, latent_dim, 3, padding=1))
+
+    def forward(self, wav):
+        return self.conv_out(self.blocks(self.conv_in(wav)))
+
+
+class Decoder(nn.Module):
+    """latent [B, latent_dim, T] -> wav [B, 1, 320 T]; the encoder mirrored (strides 2, 4, 5, 8)."""
+
+    def __init__(self, c: int, latent_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv1d(latent_dim, c * 16, 7, padding=3)
+        self.blocks = nn.Sequential(*[decoder_block(c * 2 ** (4 - i), c * 2 ** (3 - i), s)
+                                      for i, s in enumerate(reversed(STRIDES))])
+        self.conv_out = nn.Sequential(Snake(c), nn.Conv1d(c, 1, 7, padding=3), nn.Tanh())
+
+    def forward(self, z):
+        return self.conv_out(self.blocks(self.conv_in(z)))
+
+
+# ---------------------------------------------------------------------------------------
+# Residual vector quantisation
+
+
+class VectorQuantizer(nn.Module):
+    """One codebook of 1024 vectors, learned by k-means init + EMA, with dead-code restarts."""
+
+    def __init__(self, dim: int, decay: float, dead_threshold: float):
+        super().__init__()
+        self.decay, self.dead_threshold = decay, dead_threshold
+        self.register_buffer("codebook", torch.zeros(CODEBOOK_SIZE, dim))
+        self.register_buffer("ema_count", torch.zeros(CODEBOOK_SIZE))  # vectors assigned per batch
+        self.register_buffer("ema_sum", torch.zeros(CODEBOOK_SIZE, dim))  # their sum
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> index [N] of the closest code (squared Euclidean distance)."""
+        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1)
+        return d.argmin(1)
+
+    @torch.no_grad()
+    def kmeans_init(self, x: torch.Tensor, iters: int = 10):
+        """Codebook <- k-means of x [N, D], seeded with random rows (repeated when N < 1024)."""
+        self.codebook.copy_(x[torch.randint(len(x), (CODEBOOK_SIZE,))])
+        for _ in range(iters):
+            idx = self.nearest(x)
+            count = torch.bincount(idx, minlength=CODEBOOK_SIZE).float()
+            total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
+            used = count > 0
+            self.codebook[used] = total[used] / count[used, None]
+        self.ema_sum.copy_(self.codebook)
+        self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def ema_update(self, x: torch.Tensor, idx: torch.Tensor):
+        """Move each code to the running mean of its vectors; restart the unused ones."""
+        count = torch.bincount(idx, minlength=CODEBOOK_SIZE).float()
+        total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
+        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
+        self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None])
+        dead = self.ema_count < self.dead_threshold
+        n_dead = int(dead.sum())
+        if n_dead:
+            fresh = x[torch.randint(len(x), (n_dead,))]
+            self.codebook[dead], self.ema_sum[dead], self.ema_count[dead] = fresh, fresh, 1.0
+
+    def forward(self, x: torch.Tensor):
+        """x [N, D] -> (quantised [N, D] with straight-through gradient, codes [N], commitment loss)."""
+        if self.training and not self.initialised:
+            self.kmeans_init(x.detach())
+        idx = self.nearest(x.detach())
+        q = self.codebook[idx]
+        if self.training:
+            self.ema_update(x.detach(), idx)
+        commit = F.mse_loss(x, q)  # codebook is a buffer: only the encoder side gets gradient
+        return x + (q - x).detach(), idx, commit
+
+
+class ResidualVQ(nn.Module):
+    """Codebook k quantises what codebooks 1..k-1 left over: z [B, D, T] -> codes [B, 8, T]."""
+
+    def __init__(self, dim: int, decay: float, dead_threshold: float):
+        super().__init__()
+        self.layers = nn.ModuleList(VectorQuantizer(dim, decay, dead_threshold) for _ in range(N_CODEBOOKS))
+
+    def forward(self, z: torch.Tensor):
+        """z [B, D, T] -> (quantised [B, D, T], codes [B, 8, T], summed commitment loss)."""
+        B, D, T = z.shape
+        residual = z.transpose(1, 2).reshape(B * T, D)
+        quantised, codes, commit = torch.zeros_like(residual), [], 0.0
+        for vq in self.layers:
+            q, idx, c = vq(residual)
+            residual = residual - q.detach()
+            quantised, commit = quantised + q, commit + c
+            codes.append(idx.view(B, T))
+        return quantised.view(B, T, D).transpose(1, 2), torch.stack(codes, 1), commit
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, 8, T] -> sum of the chosen code vectors [B, D, T]."""
+        return sum(vq.codebook[codes[:, k]] for k, vq in enumerate(self.layers)).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# The codec
+
+
+class Codec(nn.Module):
+    """encode: wav [B, N] -> codes [B, 8, N / 320]; decode: codes -> wav; forward: all the losses need."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        cfg = self.config = config
+        self.encoder = Encoder(cfg.encoder_channels, cfg.latent_dim)
+        self.semantic_encoder = nn.Sequential(nn.Conv1d(TEACHER_DIM, cfg.semantic_dim, 3, padding=1), nn.ELU(),
+                                              nn.Conv1d(cfg.semantic_dim, cfg.semantic_dim, 3, padding=1))
+        self.fuse = nn.Conv1d(cfg.latent_dim + cfg.semantic_dim, cfg.code_dim, 1)  # X-codec's fc_prior
+        self.quantizer = ResidualVQ(cfg.code_dim, cfg.ema_decay, cfg.dead_threshold)
+        self.to_acoustic = nn.Conv1d(cfg.code_dim, cfg.latent_dim, 1)  # X-codec's fc_post_a
+        self.to_semantic = nn.Conv1d(cfg.code_dim, cfg.semantic_dim, 1)  # fc_post_s
+        self.decoder = Decoder(cfg.decoder_channels, cfg.latent_dim)
+        self.semantic_decoder = nn.Sequential(nn.Conv1d(cfg.semantic_dim, cfg.semantic_dim, 3, padding=1), nn.ELU(),
+                                              nn.Conv1d(cfg.semantic_dim, TEACHER_DIM, 3, padding=1))
+
+    @staticmethod
+    def _frames(wav: torch.Tensor) -> torch.Tensor:
+        """[B, N] or [B, 1, N] -> [B, N'] zero-padded on the right to a multiple of 320 samples."""
+        wav = wav.reshape(wav.shape[0], -1).float()
+        return F.pad(wav, (0, -wav.shape[-1] % HOP))
+
+    def latent(self, wav: torch.Tensor):
+        """wav [B, N'] -> (fused latent [B, D, T], teacher features [B, 128, T])."""
+        teacher = teacher_features(wav)
+        acoustic = self.encoder(wav[:, None])  # [B, latent_dim, T]
+        semantic = self.semantic_encoder(teacher)  # [B, semantic_dim, T]
+        return self.fuse(torch.cat([acoustic, semantic], 1)), teacher
+
+    def forward(self, wav: torch.Tensor) -> dict:
+        """wav [B, N] -> reconstruction, predicted and target teacher features, codes, commitment loss."""
+        wav = self._frames(wav)
+        z, teacher = self.latent(wav)
+        q, codes, commit = self.quantizer(z)
+        return {"wav": self.decoder(self.to_acoustic(q))[:, 0], "semantic": self.semantic_decoder(self.to_semantic(q)),
+                "teacher": teacher, "codes": codes, "commit": commit}
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [B, N] or [B, 1, N] at 16 kHz -> codes [B, 8, ceil(N / 320)] int64 in 0..1023.
+
+        e.g. 1 s of audio, [1, 16000] -> [1, 8, 50].
+        """
+        z, _ = self.latent(self._frames(wav))
+        B, D, T = z.shape
+        residual, codes = z.transpose(1, 2).reshape(B * T, D), []
+        for vq in self.quantizer.layers:
+            idx = vq.nearest(residual)
+            residual = residual - vq.codebook[idx]
+            codes.append(idx.view(B, T))
+        return torch.stack(codes, 1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, 8, T] -> wav [B, 320 T] at 16 kHz. e.g. [1, 8, 50] -> [1, 16000]."""
+        if codes.min() < 0 or codes.max() >= CODEBOOK_SIZE:
+            raise ValueError("codes hold pad (-1) or out-of-range values; undelay_pattern and strip pads "
+                             "before decoding.")
+        return self.decoder(self.to_acoustic(self.quantizer.decode(codes)))[:, 0]
+
+    @classmethod
+    def from_checkpoint(cls, path, config: CodecConfig | None = None) -> "Codec":
+        """Load a codec saved by save_checkpoint; with `config`, also check it equals the saved one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no codec checkpoint there; train one with "
+                                    "`python codec.py --out DIR` or fix the path.")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            saved = CodecConfig(**ckpt["config"])
+            state = ckpt["model"]
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable codec checkpoint ({type(e).__name__}); "
+                             "it may be truncated, retrain or re-copy it.") from None
+        if config is not None and config != saved:
+            diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(CodecConfig)
+                    if getattr(saved, f.name) != getattr(config, f.name)}
+            raise ValueError(f"{path}: saved config differs from the requested one ({{field: (saved, "
+                             f"requested)}}: {diff}); load without a config or retrain.")
+        codec = cls(saved)
+        try:
+            codec.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
+                             "edited or mixed up, retrain it.") from None
+        return codec.eval()
+
+
+def save_checkpoint(path, codec: Codec, step: int) -> None:
+    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": asdict(codec.config), "model": codec.state_dict(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+
+
+@lru_cache(maxsize=None)
+def mel_bank(n_fft: int, n_mels: int) -> torch.Tensor:
+    """Triangular filters on the Slaney mel scale (peak 1): (1024, 80) -> [80, 513]."""
+    fft_hz = torch.linspace(0, SAMPLE_RATE / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(torch.linspace(0, float(hz_to_mel(torch.tensor(SAMPLE_RATE / 2.0))), n_mels + 2))
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    return torch.minimum((fft_hz - lo) / (mid - lo), (hi - fft_hz) / (hi - mid)).clamp(min=0)
+
+
+def magnitude(wav: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """wav [B, N] -> |STFT| [B, n_fft // 2 + 1, frames] (Hann window, hop n_fft / 4, centred)."""
+    window = torch.hann_window(n_fft, device=wav.device)
+    return torch.stft(wav, n_fft, n_fft // 4, window=window, return_complex=True).abs()
+
+
+def log_mel(mag: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """|STFT| [B, F, frames] -> log10 mel magnitudes [B, n_mels, frames]."""
+    n_fft = 2 * (mag.shape[-2] - 1)
+    return (mel_bank(n_fft, n_mels).to(mag.device) @ mag).clamp(min=LOG_FLOOR).log10()
+
+
+def spectral_losses(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Multi-resolution STFT and mel losses, each a mean over RESOLUTIONS: wav [B, N] x 2 -> {'stft', 'mel'}.
+
+    stft = spectral convergence (relative Frobenius error) + L1 of log magnitudes;
+    mel = L1 of log10 mel magnitudes, which is also the evaluation's log-mel distance.
+    Magnitudes are floored at LOG_FLOOR before the log: with DAC's 1e-5 the silent gaps
+    of the world dominate the log terms and our first toy run learned to output audio
+    20-40 dB too quiet; 1e-2 ignores what lies ~75 dB below a full-scale sine.
+    """
+    stft = mel = 0.0
+    for n_fft, n_mels in RESOLUTIONS:
+        p, t = magnitude(pred, n_fft), magnitude(target, n_fft)
+        convergence = torch.linalg.norm(t - p) / torch.linalg.norm(t).clamp(min=LOG_FLOOR)
+        stft = stft + convergence + F.l1_loss(p.clamp(min=LOG_FLOOR).log(), t.clamp(min=LOG_FLOOR).log())
+        mel = mel + F.l1_loss(log_mel(p, n_mels), log_mel(t, n_mels))
+    return {"stft": stft / len(RESOLUTIONS), "mel": mel / len(RESOLUTIONS)}
+
+
+def codec_losses(codec: Codec, wav: torch.Tensor) -> dict:
+    """wav [B, N] (N a multiple of 320) -> {'loss': weighted total, and each term}."""
+    cfg, out = codec.config, codec(wav)
+    terms = {**spectral_losses(out["wav"], wav), "commit": out["commit"],
+             "semantic": F.mse_loss(out["semantic"], out["teacher"])}
+    terms["loss"] = (cfg.stft_weight * terms["stft"] + cfg.mel_weight * terms["mel"]
+                     + cfg.commit_weight * terms["commit"] + cfg.semantic_weight * terms["semantic"])
+    return terms
+
+
+# ---------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def world_clips(seed: int, indices) -> list:
+    """Toy-world clips (data.py): (0, range(2)) -> [(16 kHz mono float32 (N,), ground-truth events), ...]."""
+    examples = (data.make_example(seed, i) for i in indices)
+    return [(ex["audio"], ex["plan"]["events"]) for ex in examples]
+
+
+def random_crops(clips: list, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch of random windows: (clips, 8, 16000, g) -> [8, 16000]; short clips are zero-padded."""
+    batch = torch.zeros(batch_size, length)
+    for b, i in enumerate(torch.randint(len(clips), (batch_size,), generator=generator).tolist()):
+        clip = clips[i]
+        start = int(torch.randint(max(1, len(clip) - length + 1), (1,), generator=generator))
+        window = clip[start:start + length]
+        batch[b, :len(window)] = window
+    return batch
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int = 20) -> float:
+    """Linear warm-up, then cosine decay to 10% of peak: (step 20 of 600, 1e-3) -> 1e-3."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 1000, batch_size: int = 8,
+                crop_seconds: float = 1.0, lr: float = 1e-3, seed: int = 0, save_every: int = 200,
+                progress: bool = True) -> Codec:
+    """Train a codec on 16 kHz mono clips [(N,) arrays]; writes out_dir/codec.pt every save_every steps.
+
+    AdamW on random crops; the codebooks learn by k-means + EMA inside the forward pass.
+    Deterministic from `seed` (model init, crops, codebook restarts).
+    """
+    torch.manual_seed(seed)
+    config = CODEC_PRESETS[config] if isinstance(config, str) else config
+    codec = Codec(config).train()
+    opt = torch.optim.AdamW(codec.parameters(), lr=lr, betas=(0.8, 0.99))  # DAC's betas
+    generator = torch.Generator().manual_seed(seed)
+    clips = [torch.as_tensor(np.asarray(c, np.float32)) for c in clips]
+    length = int(crop_seconds * SAMPLE_RATE) // HOP * HOP
+    bar = tqdm(range(steps), desc="codec", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        terms = codec_losses(codec, random_crops(clips, batch_size, length, generator))
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save_checkpoint(Path(out_dir) / "codec.pt", codec, step + 1)
+    return codec.eval()
+
+
+@torch.no_grad()
+def evaluate_codec(codec: Codec, clips: list) -> dict:
+    """Reconstruct each (wav, true events) clip and score it: -> {'log_mel_distance', 'original', 'reconstruction'}.
+
+    log_mel_distance: the multi-resolution log10-mel L1 (spectral_losses' 'mel') of
+    reconstruction vs original, mean over clips. 'original' / 'reconstruction': how often
+    world.analyze recovers the true events / layout (order) / counts / pitch, and their
+    mean 'score', from the original and from the codec's reconstruction (fractions).
+    """
+    codec.eval()
+    distances, scores = [], {"original": [], "reconstruction": []}
+    for wav, truth in clips:
+        x = torch.as_tensor(np.asarray(wav, np.float32))[None]  # [1, N]
+        y = codec.decode(codec.encode(x))[:, :x.shape[-1]]  # [1, N]
+        distances.append(float(spectral_losses(y, x)["mel"]))
+        scores["original"].append(adherence(analyze(x[0].numpy()), truth))
+        scores["reconstruction"].append(adherence(analyze(y[0].numpy()), truth))
+    mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for name, rows in scores.items()}
+    return {"log_mel_distance": float(np.mean(distances)), **mean}
+
+
+def main():
+    p = argparse.ArgumentParser(description="Train the codec on the toy world, then score it on held-out clips.")
+    p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
+    p.add_argument("--preset", default="toy", choices=list(CODEC_PRESETS), help="model size")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per step")
+    p.add_argument("--crop", type=float, default=1.0, help="seconds per crop")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="training seed (init, crops, restarts)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world")
+    p.add_argument("--clips", type=int, default=300, help="training clips: world indices 0..clips-1")
+    p.add_argument("--eval-clips", type=int, default=50, help="held-out clips: indices from 1000000 on")
+    p.add_argument("--eval-only", action="store_true", help="score out/codec.pt without training")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores stalls)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    if args.eval_only:
+        codec = Codec.from_checkpoint(Path(args.out) / "codec.pt")
+    else:
+        clips = [wav for wav, _ in world_clips(args.world_seed, range(args.clips))]
+        print(f"synthesised {len(clips)} clips in {time.time() - start:.0f} s")
+        codec = train_codec(args.out, clips, args.preset, args.steps, args.batch_size, args.crop, args.lr, args.seed)
+        print(f"trained in {time.time() - start:.0f} s (synthesis included)")
+    held_out = world_clips(args.world_seed, range(1_000_000, 1_000_000 + args.eval_clips))
+    result = evaluate_codec(codec, held_out)
+    print(f"log-mel distance (reconstruction vs original): {result['log_mel_distance']:.3f}")
+    for key in result["original"]:
+        print(f"{key:>8}: original {100 * result['original'][key]:5.1f}%   "
+              f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""
+Every task of the paper as a conversation (sequences.py turns it into a grid).
+
+Audio the model writes is the clip's cached codec codes (8, T); audio it hears is the
+clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: ...},
+"feats": {path: ...}} keyed by the wav's path.
+
+    tta          user: "Generate audio for this caption. <caption>"  -> assistant: audio
+    understand   user: "<question>", user: heard audio                -> assistant: "<answer>"
+    text         user: "<problem>"                                    -> assistant: "<answer>"
+    enrich       user: "<vague prompt>" -> assistant: "<rich caption>", assistant: audio
+    dialogue     user: vague prompt, then the model asks until the caption is complete,
+                 then assistant: "<rich caption>", assistant: audio
+    reflect      user: caption -> assistant: plan (rich caption), first audio (out of the
+                 loss when flawed), user: that audio heard, assistant: critique, and, when
+                 the critique found a problem, assistant: corrected audio
+"""
+
+TTA_PROMPT = "Generate audio for this caption. "
+ASK_SOUNDS = "Which sounds should it have?"
+ASK_LAYOUT = "Should they play one after the other or at the same time?"
+ASK_DETAILS = "Any details about each sound?"
+NO_PROBLEM = "Problem: none."
+
+
+def tta(row, A):
+    return [{"role": "user", "text": TTA_PROMPT + row["caption"]},
+            {"role": "assistant", "codes": A["codes"][row["location"]]}]
+
+
+def understand(item, A):
+    """An understanding.json item: the human turn is '<sound>\\n<question>'."""
+    human, gpt = item["conversations"][0]["value"], item["conversations"][1]["value"]
+    return [{"role": "user", "text": human.replace("<sound>", "").strip()},
+            {"role": "user", "feats": A["feats"][item["sound"]]},
+            {"role": "assistant", "text": gpt}]
+
+
+def text(item, A=None):
+    return [{"role": "user", "text": item["input"][0]["content"]}, {"role": "assistant", "text": item["output"]}]
+
+
+def enrich(row, A):
+    return [{"role": "user", "text": row["vague_prompt"]},
+            {"role": "assistant", "text": row["rich_caption"]},
+            {"role": "assistant", "codes": A["codes"][row["location"]]}]
+
+
+def dialogue_turns(row):
+    """The questions the model asks and the user's answers, from the clip's ground truth.
+    e.g. a bell then a drum -> [(ASK_SOUNDS, 'bell and drum'), (ASK_LAYOUT, 'one after the
+    other'), (ASK_DETAILS, 'a low bell; two drum hits')]."""
+    import world
+    events = row["events"]
+    turns = [(ASK_SOUNDS, " and ".join(ev["keyword"] for ev in events))]
+    if len(events) > 1:
+        turns.append((ASK_LAYOUT, "at the same time" if row["layout"] == "together" else "one after the other"))
+    turns.append((ASK_DETAILS, "; ".join(world.phrase(ev) for ev in events)))
+    return turns
+
+
+def dialogue(row, A):
+    msgs = [{"role": "user", "text": row["vague_prompt"]}]
+    for question, answer in dialogue_turns(row):
+        msgs += [{"role": "assistant", "text": question}, {"role": "user", "text": answer}]
+    return msgs + [{"role": "assistant", "text": row["rich_caption"]},
+                   {"role": "assistant", "codes": A["codes"][row["location"]]}]
+
+
+def reflect(item, A, flawed=True):
+    """A reflection.jsonl item. flawed=True: the first audio is the flawed clip (kept out of
+    the loss: the model must not learn to make it), the critique names the flaw, the clip
+    is generated again. flawed=False: the first audio is right and the critique says so."""
+    first = item["location"] if flawed else item["reference"]
+    msgs = [{"role": "user", "text": TTA_PROMPT + item["caption"]},
+            {"role": "assistant", "text": item["rich_caption"]},
+            {"role": "assistant", "codes": A["codes"][first], "loss": not flawed},
+            {"role": "user", "feats": A["feats"][first]}]
+    if not flawed:
+        heard = item["caption"]
+        return msgs + [{"role": "assistant", "text": f"Plan: {heard} Heard: {heard} {NO_PROBLEM}"}]
+    return msgs + [{"role": "assistant", "text": item["critique"]},
+                   {"role": "assistant", "codes": A["codes"][item["reference"]]}]

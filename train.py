@@ -1,0 +1,517 @@
+"""
+Train every part of UALM on the toy world (or on real data in the same manifest formats).
+
+    python data.py --out toy --n 2000          # the world, once
+    python train.py --stage codec              # the RVQ codec the LM writes in
+    python train.py --stage vae                # 16 kHz mono codec output -> 48 kHz stereo
+    python train.py --stage clap               # contrastive audio-text model; the LM's ears
+    python train.py --stage gen                # UALM-Gen: text-to-audio only
+    python train.py --stage align              # LM frozen: the adapter learns to feed it audio
+    python train.py --stage pretrain           # the unified mixture
+    python train.py --stage sft                # + enrichment, dialogue, self-reflection
+
+Each stage reads the manifests in --data, writes its checkpoint into --out atomically
+and prints its evaluation on held-out clips (the last --n_eval clips of the manifest).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import codec as codec_lib
+import tasks
+import vae as vae_lib
+from clap import Clap, ClapConfig, frame_tags, pad_ids
+from data import load_audio, read_generation, read_reflection, read_text, read_understanding
+from model import PRESETS, UALM, N_SPECIAL, UALMConfig
+from sequences import FRAME, TOKEN, build, cfg_dropout, collate, loss_sums
+from tokenizer import QwenTokenizer, SPTokenizer
+
+STAGES = ["codec", "vae", "clap", "gen", "align", "pretrain", "sft"]
+LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain"}  # stage: the one it starts from
+# token shares of each stage's mixture (pretrain: SPEC.md section 5, by tokens)
+MIXTURES = {
+    "gen": {"tta": 1.0},
+    "align": {"understand": 1.0},
+    "pretrain": {"understand": 0.392, "tta": 0.331, "text": 0.277},
+    "sft": {"enrich": 0.2, "dialogue": 0.15, "reflect": 0.15, "understand": 0.2, "tta": 0.17, "text": 0.13},
+}
+CFG_TASKS = ("tta", "enrich", "dialogue")  # tasks whose audio also trains the unconditional branch
+
+
+def fail(msg):
+    """One clear sentence and a non-zero exit, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def generation_clips(args):
+    """The generation manifest of --data, split into (train, held-out) lists of records."""
+    path = os.path.join(args.data, "generation.jsonl")
+    if not os.path.isfile(path):
+        fail(f"{path} not found: make the toy world first with `python data.py --out {args.data} --n 2000`")
+    rows = read_generation(path)
+    if len(rows) <= args.n_eval:
+        fail(f"{path} has {len(rows)} clips, not more than --n_eval {args.n_eval}; make more with data.py")
+    return rows[:-args.n_eval], rows[-args.n_eval:]
+
+
+def mono(row):
+    return load_audio(row["location"], sr=codec_lib.SAMPLE_RATE, mono=True)
+
+
+def stereo_pair(row, x):
+    """(16 kHz mono (N,), its 48 kHz stereo master zero-padded or cut to (2, 3N))."""
+    master = load_audio(row["master_location"], sr=vae_lib.MASTER_SR, mono=False)
+    n = vae_lib.UPSAMPLE * len(x)
+    return x, np.pad(master, ((0, 0), (0, max(0, n - master.shape[-1]))))[:, :n]
+
+
+def stage_codec(args):
+    train, held = generation_clips(args)
+    clips = [mono(r) for r in train[:args.codec_clips]]
+    t = time.time()
+    model = codec_lib.train_codec(args.out, clips, args.codec_preset, steps=args.codec_steps, seed=args.seed)
+    print(f"codec: trained on {len(clips)} clips in {time.time() - t:.0f} s -> {args.out}/codec.pt")
+    result = codec_lib.evaluate_codec(model, [(mono(r), r["events"]) for r in held])
+    print(f"codec on {len(held)} held-out clips: multi-resolution log-mel distance {result['log_mel_distance']:.3f}")
+    for key in result["original"]:
+        print(f"  analyzer {key:>7}: original {100 * result['original'][key]:5.1f}%   "
+              f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+
+
+def stage_vae(args):
+    path = os.path.join(args.out, "codec.pt")
+    if not os.path.isfile(path):
+        fail(f"{path} not found: the VAE learns to enhance the codec's output; run `python train.py --stage codec` first")
+    codec = codec_lib.Codec.from_checkpoint(path)
+    train, held = generation_clips(args)
+    pairs = [stereo_pair(r, mono(r)) for r in train[:args.vae_clips]]
+    t = time.time()
+    model = vae_lib.train_vae(args.out, pairs, args.vae_preset, seed=args.seed, codec=codec, steps=args.vae_steps)
+    print(f"vae: trained on {len(pairs)} codec round trips in {time.time() - t:.0f} s -> {args.out}/vae.pt")
+    print(vae_lib.report(vae_lib.evaluate_vae(model, [stereo_pair(r, mono(r)) for r in held], codec)))
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path, what):
+    if not os.path.isfile(path):
+        fail(f"{path} not found: run `python train.py --stage {what}` first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        fail(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it and run --stage {what} again")
+
+
+# ----------------------------------------------------------------------------- clap
+
+
+def texts_of(args):
+    """Every text of the data folder: the tokenizer's training corpus."""
+    gen = read_generation(os.path.join(args.data, "generation.jsonl"))
+    out = [r[k] for r in gen for k in ("caption", "rich_caption", "vague_prompt")]
+    out += [tasks.TTA_PROMPT, tasks.ASK_SOUNDS, tasks.ASK_LAYOUT, tasks.ASK_DETAILS, tasks.NO_PROBLEM]
+    out += [a for r in gen for _, a in tasks.dialogue_turns(r)]
+    out += [t["value"] for it in read_understanding(os.path.join(args.data, "understanding.json"))
+            for t in it["conversations"]]
+    out += [t["input"][0]["content"] + " " + t["output"] for t in read_text(os.path.join(args.data, "text.jsonl"))]
+    out += [r["critique"] for r in read_reflection(os.path.join(args.data, "reflection.jsonl"))]
+    return out
+
+
+def get_tokenizer(args):
+    """Qwen's tokenizer with --init_from, else a SentencePiece model trained on the data once."""
+    if args.init_from:
+        return QwenTokenizer.from_pretrained(args.init_from)
+    folder = os.path.join(args.out, "tokenizer")
+    if not os.path.isfile(os.path.join(folder, "sentencepiece.model")):
+        SPTokenizer.train(texts_of(args), folder, vocab_size=args.vocab_size)
+    return SPTokenizer.from_pretrained(folder)
+
+
+def stage_clap(args):
+    tok = get_tokenizer(args)
+    train, held = generation_clips(args)
+    model = Clap(ClapConfig(text_vocab=tok.vocab_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.clap_lr, weight_decay=0.01)
+    clips = [(mono(r), r) for r in tqdm(train, desc="clap: loading clips")]
+    g = torch.Generator().manual_seed(args.seed)
+    bar = tqdm(range(args.clap_steps), desc="clap")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.clap_steps, args.clap_lr, warmup=50)
+        pick = torch.randperm(len(clips), generator=g)[:args.clap_batch].tolist()
+        waves = [torch.from_numpy(clips[i][0]) for i in pick]
+        rows = [clips[i][1] for i in pick]
+        ids = pad_ids([tok.encode(r["caption"] if step % 2 else r["rich_caption"]) for r in rows], tok.vocab_size)
+        n25 = max(len(w) for w in waves) // codec_lib.SAMPLE_RATE * 25 + 25
+        tags = torch.stack([frame_tags(r["events"], n25) for r in rows])
+        loss, parts = model.loss(waves, ids, tags)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(parts)
+    save_atomic(model.checkpoint(), os.path.join(args.out, "clap.pt"))
+    model.eval()
+    with torch.no_grad():  # retrieval on held-out clips: is each clip's own caption the nearest?
+        feats, lengths = model.hear([torch.from_numpy(mono(r)) for r in held])
+        a = model.audio_embed(feats, lengths)
+        t = model.text_embed(pad_ids([tok.encode(r["caption"]) for r in held], tok.vocab_size))
+        sim = a @ t.T
+    top1 = (sim.argmax(1) == torch.arange(len(held))).float().mean().item()
+    print(f"clap on {len(held)} held-out clips: audio->caption top-1 retrieval {100 * top1:.1f}% "
+          f"(chance {100 / len(held):.1f}%), mean CLAP score of true pairs {sim.diag().mean():.3f}")
+
+
+# ----------------------------------------------------------------------------- the LM's data
+
+
+def lm_data(args):
+    """The manifests, each split into (train, held-out) by clip: {task: (train, held)}."""
+    gen_train, gen_held = generation_clips(args)
+    held = {r["location"] for r in gen_held}
+    und = read_understanding(os.path.join(args.data, "understanding.json"))
+    txt = read_text(os.path.join(args.data, "text.jsonl"))
+    refl = read_reflection(os.path.join(args.data, "reflection.jsonl"))
+
+    def split(items, key):
+        return [i for i in items if i[key] not in held], [i for i in items if i[key] in held]
+    clips = (gen_train, gen_held)
+    return {"tta": clips, "enrich": clips, "dialogue": clips, "understand": split(und, "sound"),
+            "text": (txt[:-args.n_eval], txt[-args.n_eval:]), "reflect": split(refl, "reference")}
+
+
+def audio_cache(args, data):
+    """Codec codes and encoder frames of every clip, computed once: runs/cache.pt."""
+    path = os.path.join(args.out, "cache.pt")
+    if os.path.isfile(path):
+        return torch.load(path)
+    codec = codec_lib.Codec.from_checkpoint(os.path.join(args.out, "codec.pt"))
+    clap = Clap.from_checkpoint(load_ckpt(os.path.join(args.out, "clap.pt"), "clap"))
+    paths = sorted({r["location"] for r in data["tta"][0] + data["tta"][1]}
+                   | {r["location"] for part in data["reflect"] for r in part})
+    cache = {"codes": {}, "feats": {}}
+    with torch.no_grad():
+        for p in tqdm(paths, desc="caching codec codes and encoder frames"):
+            x = torch.from_numpy(load_audio(p))
+            cache["codes"][p] = codec.encode(x[None])[0].short()  # (8, T)
+            cache["feats"][p] = clap.hear([x])[0][0].half()  # (T25, d)
+    save_atomic(cache, path)
+    return cache
+
+
+class Stream:
+    """The stage's training samples in a fixed order: sample i is a pure function of
+    (seed, i), so a run resumes exactly from a saved position."""
+
+    def __init__(self, items, mixture, cache, tok, cfg, seed, cfg_dropout_p=0.05, n_probe=32):
+        self.items, self.cache, self.tok, self.cfg, self.seed = items, cache, tok, cfg, seed
+        self.names, self.p_cfg = sorted(mixture), cfg_dropout_p
+        # token shares -> sample probabilities: divide by each task's mean length
+        mean = [np.mean([len(self.make(n, items[n][j % len(items[n])], 0)) for j in range(n_probe)])
+                for n in self.names]
+        w = np.array([mixture[n] / m for n, m in zip(self.names, mean)])
+        self.probs = w / w.sum()
+
+    def make(self, task, item, flip):
+        if task == "reflect":
+            return build(tasks.reflect(item, self.cache, flawed=flip < 0.75), self.tok.encode, self.cfg)
+        s = build(getattr(tasks, task)(item, self.cache), self.tok.encode, self.cfg)
+        return cfg_dropout(s) if task in CFG_TASKS and flip < self.p_cfg else s
+
+    def sample(self, i):
+        rng = np.random.default_rng([self.seed, i])
+        task = self.names[rng.choice(len(self.names), p=self.probs)]
+        return self.make(task, self.items[task][rng.integers(len(self.items[task]))], rng.random())
+
+    def batch(self, state, rows, budget, lookahead=16):
+        """Best-fit the next samples into `rows` rows of `budget` positions.
+        state = (next position, positions deferred earlier); -> (batch, new state). A sample
+        that fits nowhere is deferred to the next batch; `lookahead` deferrals close the batch."""
+        pos, pending = state
+        bins, room, samples, deferred = [[] for _ in range(rows)], [budget] * rows, [], []
+        while len(deferred) < lookahead and max(room) > 0:
+            if pending:
+                i, pending = pending[0], pending[1:]
+            else:
+                i, pos = pos, pos + 1
+            s = self.sample(i)
+            if len(s) > budget:
+                raise ValueError(f"sample {i} has {len(s)} rows, over --budget {budget}; raise --budget")
+            fits = [b for b in range(rows) if room[b] >= len(s)]
+            if not fits:
+                deferred.append(i)
+                continue
+            b = min(fits, key=room.__getitem__)
+            bins[b].append(len(samples))
+            samples.append(s)
+            room[b] -= len(s)
+        return collate(samples, bins, budget), (pos, deferred + pending)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def lr_at(step, steps, peak, warmup):
+    """Linear warmup, then cosine to 10% of peak. e.g. lr_at(0, 100, 1e-3, 10) = 1e-4."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+def lm_model(args, tok, audio_dim):
+    """A fresh toy model, a Qwen2.5 checkpoint extended, or the previous stage's weights."""
+    prev = LM_STAGES[args.stage]
+    if prev:
+        ckpt = load_ckpt(os.path.join(args.out, f"{prev}.pt"), prev)
+        model = UALM(UALMConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        return model
+    if args.init_from:
+        return UALM.from_qwen(args.init_from, audio_dim)
+    return UALM(UALMConfig(text_size=tok.vocab_size, audio_dim=audio_dim, backbone=asdict(PRESETS[args.preset])))
+
+
+def set_trainable(args, model):
+    """Everything trains, except in align: only the adapter, and with --init_from the rows
+    Qwen did not have (the pretrained text rows get a zero gradient)."""
+    if args.stage != "align":
+        return
+    model.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    if args.init_from:
+        emb = model.lm.model.embed_tokens.weight.requires_grad_(True)
+        text_rows = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        text_rows[N_SPECIAL:N_SPECIAL + model.cfg.text_size] = 1
+        emb.register_hook(lambda g: g * (1 - text_rows))
+
+
+def stage_lm(args):
+    tok = get_tokenizer(args)
+    data = lm_data(args)
+    cache = audio_cache(args, data)
+    audio_dim = next(iter(cache["feats"].values())).shape[-1]
+    model = lm_model(args, tok, audio_dim)
+    mix = MIXTURES[args.stage]
+    items = {t: data[t][0] for t in mix}
+    stream = Stream(items, mix, cache, tok, model.cfg, args.seed)
+    held = Stream({t: data[t][1] for t in mix}, mix, cache, tok, model.cfg, args.seed + 1, cfg_dropout_p=0.0)
+    fit(args, model, stream, held)
+
+
+def to_device(batch, device):
+    return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+
+
+def n_loss_positions(batch):
+    kind = batch["kind"][:, 1:]
+    return int(((kind == TOKEN) | (kind == FRAME)).sum())
+
+
+class LossModule(torch.nn.Module):
+    """The model and its loss in one forward, so DDP / FSDP see every parameter used."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return loss_sums(self.model, batch)
+
+
+def distributed(args):
+    """(rank, world size). Under torchrun: one process per GPU (nccl), or on CPU (gloo)."""
+    if "RANK" not in os.environ:
+        return 0, 1
+    cuda = args.device.startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(args.device)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def wrap(args, model, world):
+    net = LossModule(model)
+    if world == 1:
+        return net
+    if args.fsdp:  # shard every block, then the rest: parameters, grads and AdamW state split over ranks
+        for block in model.lm.model.layers:
+            fully_shard(block)
+        return fully_shard(net)
+    return DDP(net, find_unused_parameters=True)  # a batch without heard audio leaves the adapter unused
+
+
+def fit(args, model, stream, held):
+    """AdamW (0.9, 0.95), warmup + cosine, grad accumulation, clip 1.0, bf16 autocast on
+    CUDA, atomic checkpoints with everything needed to resume exactly. Each optimizer step
+    takes grad_accum x world micro-batches; rank r runs every world-th of them."""
+    rank, world = distributed(args)
+    device = args.device
+    model.to(device)
+    set_trainable(args, model)
+    path, log_path = os.path.join(args.out, f"{args.stage}.pt"), os.path.join(args.out, f"{args.stage}.log.jsonl")
+    step, state, log, ck = 0, (0, []), [], None
+    if args.resume and os.path.isfile(path):
+        ck = load_ckpt(path, args.stage)
+        model.load_state_dict(ck["model"])
+        step, state, log = ck["step"], ck["data_state"], ck["log"]
+        torch.set_rng_state(ck["rng"])
+        print(f"{args.stage}: resuming at step {step}")
+    net = wrap(args, model, world)
+    params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP swaps in sharded ones
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    if ck is not None:
+        load_optimizer(args, model, opt, ck["optimizer"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    if args.compile:
+        net = torch.compile(net)
+    bar = tqdm(range(step, args.steps), desc=args.stage, initial=step, total=args.steps, disable=rank > 0)
+    for step in bar:
+        t0 = time.time()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        batches = []
+        for _ in range(args.grad_accum * world):
+            b, state = stream.batch(state, args.rows, args.budget)
+            batches.append(b)
+        n = sum(n_loss_positions(b) for b in batches)  # normalise by the whole step's positions
+        mine = batches[rank::world]
+        stats = torch.zeros(11)  # loss, 8 codebook CE sums, frames, real tokens
+        for i, b in enumerate(mine):
+            sync = nullcontext() if world == 1 or args.fsdp or i == len(mine) - 1 else net.no_sync()
+            with sync, autocast:
+                r = net(to_device(b, device))
+            (r["sum"] * world / n).backward()  # DDP averages over ranks; * world makes it the sum
+            stats += torch.cat([(r["sum"] / n).detach().float().cpu()[None], r["codebooks"].detach().float().cpu(),
+                                torch.tensor([float(r["frames"]), float((b["doc"] >= 0).sum())])])
+        if world > 1:
+            dist.all_reduce(stats)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        row = {"step": step + 1, "loss": stats[0].item(), "tok_s": stats[10].item() / (time.time() - t0),
+               "fill": stats[10].item() / (len(batches) * args.rows * args.budget),
+               "ce_codebooks": (stats[1:9] / stats[9].clamp(min=1)).tolist()}
+        if rank == 0 and args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+            row["eval_loss"] = evaluate(model, held, args, device, autocast)
+        log.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tok_s']:.0f}", **(
+            {"eval": f"{row['eval_loss']:.3f}"} if "eval_loss" in row else {}))
+        if (step + 1) % args.save_every == 0 or step + 1 in (args.steps, args.stop_at):
+            model_state, opt_state = full_state(args, model, opt)
+            ck = {"model": model_state, "optimizer": opt_state, "config": asdict(model.cfg),
+                  "args": vars(args), "step": step + 1, "data_state": state, "rng": torch.get_rng_state(), "log": log}
+            if rank == 0:
+                save_atomic(ck, path)
+                with open(log_path + ".tmp", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in log)
+                os.replace(log_path + ".tmp", log_path)
+        if step + 1 == args.stop_at:
+            break
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def full_state(args, model, opt):
+    """Whole model and optimizer states on CPU (under FSDP every rank gathers its shards)."""
+    if args.fsdp and dist.is_initialized():
+        o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=o), get_optimizer_state_dict(model, opt, options=o)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, opt.state_dict()
+
+
+def load_optimizer(args, model, opt, state):
+    if args.fsdp and dist.is_initialized():
+        o = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        set_optimizer_state_dict(model, opt, optim_state_dict=state, options=o)
+    else:
+        opt.load_state_dict(state)
+
+
+@torch.no_grad()
+def evaluate(model, held, args, device, autocast, n_batches=4):
+    """Loss on held-out samples (always the same ones)."""
+    model.eval()
+    total, n, state = 0.0, 0, (0, [])
+    for _ in range(n_batches):
+        b, state = held.batch(state, args.rows, args.budget)
+        with autocast:
+            r = loss_sums(model, to_device(b, device))
+        total, n = total + float(r["sum"]), n + int(r["n"])
+    model.train()
+    return total / max(1, n)
+
+
+STAGE_STEPS = {"gen": 600, "align": 150, "pretrain": 600, "sft": 400}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--data", default="toy", help="folder written by data.py (or real data in its formats)")
+    p.add_argument("--out", default="runs", help="folder for checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
+    p.add_argument("--codec_preset", default="toy", choices=list(codec_lib.CODEC_PRESETS))
+    p.add_argument("--codec_steps", type=int, default=1000)
+    p.add_argument("--codec_clips", type=int, default=300, help="training clips for the codec")
+    p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
+    p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")
+    p.add_argument("--vae_clips", type=int, default=200, help="training clips for the VAE")
+    p.add_argument("--clap_steps", type=int, default=600)
+    p.add_argument("--clap_batch", type=int, default=24)
+    p.add_argument("--clap_lr", type=float, default=1e-3)
+    g = p.add_argument_group("the language model (gen, align, pretrain, sft)")
+    g.add_argument("--init_from", default=None, help="a Qwen2.5 checkpoint folder (HF format) to start from")
+    g.add_argument("--preset", default="tiny", choices=list(PRESETS), help="backbone shape without --init_from")
+    g.add_argument("--vocab_size", type=int, default=1024, help="SentencePiece vocabulary without --init_from")
+    g.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default per stage: {STAGE_STEPS})")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--warmup", type=int, default=50)
+    g.add_argument("--rows", type=int, default=4, help="packed rows per micro-batch")
+    g.add_argument("--budget", type=int, default=1024, help="positions per packed row")
+    g.add_argument("--grad_accum", type=int, default=1)
+    g.add_argument("--eval_every", type=int, default=100)
+    g.add_argument("--save_every", type=int, default=100)
+    g.add_argument("--stop_at", type=int, default=None, help="stop after this step (a time-boxed or interrupted run)")
+    g.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.steps is None:
+        args.steps = STAGE_STEPS.get(args.stage, 0)
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(args.seed)
+    stages = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, **{s: stage_lm for s in LM_STAGES}}
+    try:
+        stages[args.stage](args)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
