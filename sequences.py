@@ -139,3 +139,16 @@ def loss_sums(model, batch):
     n = tok.sum() + frm.sum()
     return {"sum": text + per_cb.sum() / N_STREAMS, "n": n, "frames": frm.sum(), "tokens": tok.sum(),
             "text": text, "codebooks": per_cb}
+
+
+def row_logp(model, batch):
+    """Log-probability of each row's trained audio frames, (B,), each codebook's term
+    weighing 1/8 as in the loss: what DPO compares between policy and reference."""
+    ids, kind = batch["ids"], batch["kind"].long()
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], mask=packed_mask(batch["doc"][:, :-1]))
+    frm = kind[:, 1:] == FRAME
+    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
+    local = ids[:, 1:][frm] - first
+    logits = model.audio_logits(h[frm]).float()
+    lp = -F.cross_entropy(logits.flatten(0, 1), local.flatten(), reduction="none").view(-1, N_STREAMS).sum(1)
+    return torch.zeros(ids.shape[0], device=ids.device).index_add(0, frm.nonzero()[:, 0], lp / N_STREAMS)

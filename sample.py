@@ -1,0 +1,223 @@
+"""
+Sample from a trained UALM: text -> 48 kHz stereo audio, or (audio, question) -> text.
+
+    python sample.py --prompt "a bell rings twice, then a low hum" --out out.wav
+    python sample.py --audio clip.wav --prompt "How many beeps are there?"
+
+Audio is written by classifier-free guidance exactly as the release does it (SPEC.md
+section 6): the conditional prefix and an all-pad prefix of the same length run as one
+batch through the static KV cache, both fed the same sampled frames, and
+logits = g * cond + (1 - g) * uncond. Each codebook samples from its own interval
+(temperature, top-k); the delay pattern decides which cells are forced to pad; the
+frame stream ends when codebook 0 samples its pad, and 7 steps later all codebooks
+have finished. The codes are reverted, decoded by the codec and lifted to 48 kHz
+stereo by the VAE.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import soundfile as sf
+import torch
+
+from clap import Clap
+from codec import FRAME_RATE, SAMPLE_RATE, Codec
+from data import load_audio
+from model import ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, sample_next
+from sequences import build
+from tokenizer import QwenTokenizer, SPTokenizer
+from vae import MASTER_SR, EnhanceVAE
+
+
+@dataclass
+class Runtime:
+    """Everything sampling needs, from one folder of train.py's checkpoints."""
+    model: UALM
+    tok: object
+    codec: Codec
+    clap: Clap
+    vae: EnhanceVAE
+    device: str
+
+
+def load_runtime(ckpt, need_vae=True, device="cpu"):
+    """runs/sft.pt -> Runtime with the tokenizer, codec.pt, clap.pt and vae.pt beside it."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    if not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint; train one with `python train.py --stage all` "
+                                "or pass --ckpt")
+    try:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model = UALM(UALMConfig(**ck["config"]))
+        model.load_state_dict(ck["model"])
+    except Exception as e:
+        raise ValueError(f"{ckpt}: not a UALM checkpoint written by train.py ({type(e).__name__})") from None
+    init_from = ck["args"].get("init_from")
+    tok = QwenTokenizer.from_pretrained(init_from) if init_from else SPTokenizer.from_pretrained(
+        os.path.join(folder, "tokenizer"))
+    codec = Codec.from_checkpoint(os.path.join(folder, "codec.pt"))
+    clap_path = os.path.join(folder, "clap.pt")
+    if not os.path.isfile(clap_path):
+        raise FileNotFoundError(f"{clap_path}: not found; run `python train.py --stage clap`")
+    clap = Clap.from_checkpoint(torch.load(clap_path, map_location="cpu", weights_only=False))
+    vae = EnhanceVAE.from_checkpoint(os.path.join(folder, "vae.pt")) if need_vae else None
+    return Runtime(model.eval().to(device), tok, codec.eval().to(device), clap.to(device), vae, device)
+
+
+@torch.no_grad()
+def listen(rt, path_or_wave):
+    """A wav file (any rate, any channels) or a 16 kHz waveform -> encoder frames (T25, d)."""
+    x = load_audio(path_or_wave) if isinstance(path_or_wave, str) else path_or_wave
+    return rt.clap.hear([torch.as_tensor(x, device=rt.device)])[0][0]
+
+
+@torch.no_grad()
+def to_wave(rt, codes, vae=True):
+    """codes (8, T) -> (waveform, sample rate): codec decode, then the VAE to 48 kHz stereo (2, N)."""
+    wav = rt.codec.decode(codes[None].to(rt.device))  # (1, N) at 16 kHz
+    if not vae:
+        return wav[0].cpu(), SAMPLE_RATE
+    return rt.vae(wav)[0].cpu(), MASTER_SR
+
+
+def write_audio(rt, codes, path, vae=True):
+    wav, sr = to_wave(rt, codes, vae)
+    sf.write(path, wav.T.numpy() if wav.dim() == 2 else wav.numpy(), sr)
+    return wav.shape[-1] / sr
+
+
+def prefix(messages, tok, cfg, modality=None):
+    """The conversation so far, then <|assistant|> (and the modality when it is forced):
+    -> (rows (L, 8), feats or None)."""
+    s = build(messages, tok.encode, cfg)
+    extra = [ASSISTANT] + ([modality] if modality is not None else [])
+    rows = torch.cat([s.ids, torch.tensor([[t] + [PAD] * (N_STREAMS - 1) for t in extra])])
+    return rows, s.feats
+
+
+@torch.no_grad()
+def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8, top_k=20, max_frames=500,
+                   generator=None):
+    """rows (L, 8) ending in <|assistant|> <|audio|> -> n lists of codes (8, T_i), T_i <= max_frames.
+    With cfg_scale == 1 the unconditional branch is skipped."""
+    cfg, device = model.cfg, model.lm.lm_head.weight.device
+    guided = cfg_scale != 1.0
+    B = 2 * n if guided else n
+    L = rows.shape[0]
+    x = rows[None].expand(n, L, N_STREAMS)
+    f = feats.repeat(n, 1) if feats is not None else None
+    if guided:  # the unconditional branch: all pad, same length
+        x = torch.cat([x, torch.zeros_like(x)])
+    model.setup_cache(B, L + max_frames + N_STREAMS)
+    h = model(x.to(device), f, input_pos=torch.arange(L, device=device))[:, -1]
+    first = cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=device)  # each interval's pad id
+    steps = []
+    end = torch.full((n,), max_frames, device=device)  # frame count T of each sample, once known
+    for s in range(max_frames + N_STREAMS - 1):
+        logits = model.audio_logits(h).float()  # (B, 8, 1025)
+        if guided:
+            logits = cfg_scale * logits[:n] + (1 - cfg_scale) * logits[n:]
+        k = torch.arange(N_STREAMS, device=device)
+        must_pad = (s < k)[None] | (s >= end[:, None] + k[None])  # (n, 8): delay pattern's empty cells
+        inside = (s >= k)[None] & (s < end[:, None] + k[None])
+        logits[..., 0] = logits[..., 0].masked_fill(inside & (k[None] > 0), float("-inf"))  # no early pad
+        idx = sample_next(logits, temperature, top_k, generator)  # (n, 8)
+        idx = idx.masked_fill(must_pad, 0)
+        stopped = (idx[:, 0] == 0) & (end == max_frames) & (s < max_frames)
+        end = torch.where(stopped, torch.full_like(end, s), end)  # codebook 0's pad: T = s frames
+        steps.append(idx)
+        if s >= int(end.max()) + N_STREAMS - 2:
+            break
+        row = (first + idx)[:, None]  # (n, 1, 8) unified ids
+        row = torch.cat([row, row]) if guided else row
+        h = model(row, input_pos=torch.tensor([L + s], device=device))[:, -1]
+    delayed = torch.stack(steps, -1) - 1  # (n, 8, S), -1 where pad
+    return [torch.stack([delayed[i, j, j:j + int(end[i])] for j in range(N_STREAMS)]) for i in range(n)]
+
+
+@torch.no_grad()
+def generate_text(model, rows, feats=None, max_tokens=200):
+    """Greedy: rows (L, 8) ending in <|assistant|> <|text|> -> token ids until <|eos|>/<|eot|>.
+    Stream 0 may only write text and special ids here (the audio intervals are masked)."""
+    device = model.lm.lm_head.weight.device
+    L = rows.shape[0]
+    model.setup_cache(1, L + max_tokens)
+    h = model(rows[None].to(device), feats, input_pos=torch.arange(L, device=device))[:, -1]
+    out = []
+    for i in range(max_tokens):
+        logits = model.text_logits(h)[0]
+        logits[model.cfg.audio_offset:] = float("-inf")
+        t = int(logits.argmax())
+        if t in (EOS, EOT):
+            break
+        out.append(t)
+        row = torch.zeros(1, 1, N_STREAMS, dtype=torch.long, device=device)
+        row[0, 0, 0] = t
+        h = model(row, input_pos=torch.tensor([L + i], device=device))[:, -1]
+    return out
+
+
+def decode_text(tok, ids):
+    return tok.decode([i - N_SPECIAL for i in ids if i >= N_SPECIAL])
+
+
+def choose_modality(model, rows, feats=None):
+    """The token after <|assistant|> is chosen by argmax between <|text|> and <|audio|>."""
+    device = model.lm.lm_head.weight.device
+    h = model(rows[None].to(device), feats)[:, -1]
+    logits = model.text_logits(h)[0]
+    return TEXT if logits[TEXT] >= logits[AUDIO] else AUDIO
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default=None, help="a caption to generate, or a question about --audio")
+    p.add_argument("--audio", default=None, help="a wav to ask about (any rate and channels: resampled, downmixed)")
+    p.add_argument("--ckpt", default="runs/sft.pt", help="an LM checkpoint written by train.py")
+    p.add_argument("--out", default="out.wav")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--max_seconds", type=float, default=10.0)
+    p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
+    args = p.parse_args()
+    if not args.prompt or not args.prompt.strip():
+        fail("--prompt is empty; give a caption (or a question with --audio)")
+    try:
+        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    torch.manual_seed(args.seed)
+    g = torch.Generator(device=rt.device).manual_seed(args.seed)
+    if args.audio:
+        try:
+            feats = listen(rt, args.audio)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        rows, f = prefix([{"role": "user", "text": args.prompt}, {"role": "user", "feats": feats}],
+                         rt.tok, rt.model.cfg, TEXT)
+        print(decode_text(rt.tok, generate_text(rt.model, rows, f)))
+        return
+    from tasks import TTA_PROMPT
+    rows, _ = prefix([{"role": "user", "text": TTA_PROMPT + args.prompt}], rt.tok, rt.model.cfg, AUDIO)
+    if rows.shape[0] + args.max_seconds * FRAME_RATE > rt.model.lm.cfg.max_position_embeddings:
+        fail(f"the prompt is {rows.shape[0]} tokens: too long for the context; shorten it")
+    codes = generate_audio(rt.model, rows, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+                           top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g)
+    for i, c in enumerate(codes):
+        path = args.out if len(codes) == 1 else os.path.splitext(args.out)[0] + f"_{i}.wav"
+        seconds = write_audio(rt, c, path, vae=not args.no_vae)
+        print(f"wrote {path} ({seconds:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
