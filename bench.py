@@ -4,6 +4,7 @@ Benchmarks: each figure is a ratio against a reference measured in the same run.
     python bench.py decode     # greedy tokens/s vs transformers' generate (0.5B shape, fp32, CPU)
     python bench.py load       # from_pretrained vs safetensors.torch.load_file (0.5B shape, bf16)
     python bench.py tokenizer  # QwenTokenizer.encode vs the `tokenizers` library
+    python bench.py train      # UALM training step vs transformers' Qwen2 on the same config (CPU)
     python bench.py all
 
 Needs the test requirements (transformers, tokenizers, safetensors) for the references.
@@ -36,14 +37,7 @@ def copy_bandwidth(gb=1.0):
 
 def hf_twin(model):
     """The same weights in transformers' Qwen2ForCausalLM."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    c = model.cfg
-    hc = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                     num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                     num_key_value_heads=c.num_key_value_heads, tie_word_embeddings=c.tie_word_embeddings,
-                     rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
-                     rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
-    ref = Qwen2ForCausalLM(hc)  # its own init; overwritten below
+    ref = hf_twin_config(model.cfg)
     ref.load_state_dict(model.state_dict())
     return ref.eval()
 
@@ -152,9 +146,72 @@ def bench_tokenizer():
     print(f"  ratio ours / tokenizers: {times['tokenizers'] / times['ours']:.2f}x (reported)")
 
 
+def bench_train(preset="tiny", rows=4, budget=1024, steps=5):
+    """Tokens/s of one training step (forward, backward, AdamW) of the toy UALM on packed
+    text-to-audio samples, against transformers' Qwen2ForCausalLM training on the same
+    backbone config, the same number of positions and vocabulary size."""
+    from model import UALM, UALMConfig
+    from sequences import build, collate, loss_sums, pack
+    torch.manual_seed(0)
+    cfg = UALMConfig(text_size=1024, audio_dim=128, backbone=asdict(PRESETS[preset]))
+    ours = UALM(cfg)
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    while sum(len(x) for x in samples) < rows * budget * 1.3:
+        text = torch.randint(0, 1024, (int(torch.randint(10, 40, (1,), generator=g)),), generator=g).tolist()
+        codes = torch.randint(0, 1024, (8, int(torch.randint(100, 250, (1,), generator=g))), generator=g)
+        samples.append(build([{"role": "user", "text": "x"}, {"role": "assistant", "codes": codes}],
+                             lambda s: text, cfg))
+    bins = pack([len(x) for x in samples], budget)[:rows]
+    batch = collate(samples, bins, budget)
+    real = int((batch["doc"] >= 0).sum())
+    ref = hf_twin_config(cfg.backbone_config())
+    ids = torch.randint(0, cfg.vocab_size, (rows, budget))
+
+    def step_ours(opt):
+        r = loss_sums(ours, batch)
+        (r["sum"] / r["n"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def step_ref(opt):
+        ref(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    opts = {"ours": torch.optim.AdamW(ours.parameters()), "transformers": torch.optim.AdamW(ref.parameters())}
+    fns = {"ours": step_ours, "transformers": step_ref}
+    best = {k: float("inf") for k in fns}
+    for name in fns:  # warm up
+        fns[name](opts[name])
+    for _ in range(steps):
+        for name in fns:
+            t = time.perf_counter()
+            fns[name](opts[name])
+            best[name] = min(best[name], time.perf_counter() - t)
+    n_params = sum(p.numel() for p in ours.parameters())
+    print(f"train step, {preset} backbone ({n_params / 1e6:.1f}M params, vocab {cfg.vocab_size}), "
+          f"{rows} x {budget} positions, {torch.get_num_threads()} threads")
+    print(f"  ours          {real / best['ours']:8.0f} tok/s  (real tokens: {real / (rows * budget):.1%} of the "
+          f"packed positions)")
+    print(f"  transformers  {rows * budget / best['transformers']:8.0f} tok/s  (same positions, text only)")
+    print(f"  ratio ours / transformers (real tokens): {real / best['ours'] / (rows * budget / best['transformers']):.2f}x"
+          " (goal >= 1.0x)")
+
+
+def hf_twin_config(c):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    return Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, tie_word_embeddings=c.tie_word_embeddings,
+        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["decode", "load", "tokenizer", "all"])
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "all"])
     p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS))
     p.add_argument("--new_tokens", type=int, default=64)
     a = p.parse_args()
@@ -164,3 +221,5 @@ if __name__ == "__main__":
         bench_load(a.preset)
     if a.what in ("tokenizer", "all"):
         bench_tokenizer()
+    if a.what in ("train", "all"):
+        bench_train()

@@ -129,7 +129,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
         self.kv_cache = None
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
+    def forward(self, x, cos, sin, mask=None, input_pos=None, segments=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
@@ -137,9 +137,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:  # decoding: attend over the whole static cache, masked
             k, v = self.kv_cache.update(input_pos, k, v)
-        # no mask means plain causal attention over this call's T tokens
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv != self.n_head)
+        gqa = self.n_kv != self.n_head
+        if segments is not None:  # packed samples ("varlen"): causal attention inside each one alone
+            y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e],
+                                                                      v[b:b + 1, :, s:e], is_causal=True,
+                                                                      enable_gqa=gqa) for s, e in row], 2)
+                           for b, row in enumerate(segments)])
+        else:  # no mask means plain causal attention over this call's T tokens
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -162,8 +167,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+    def forward(self, x, cos, sin, mask=None, input_pos=None, segments=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos, segments)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -179,10 +184,12 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, position_ids=None, mask=None, input_pos=None):
+    def forward(self, x, position_ids=None, mask=None, input_pos=None, segments=None):
         """x: embeddings (B, T, d) -> final normed hidden states (B, T, d).
         position_ids (B, T) default to 0..T-1 (packing restarts them per sample);
-        mask (B, 1, T, S) bool, True = may attend; None means causal.
+        mask (B, 1, T, S) bool, True = may attend; None means causal;
+        segments: per row, the (start, end) of each packed sample (see doc_segments): the
+        same attention as packed_mask, without computing the T x T masked-out part.
         input_pos (T,) switches on the KV cache: write there, attend to the cache."""
         B, T, _ = x.shape
         if position_ids is None:
@@ -193,7 +200,7 @@ class Qwen2Model(nn.Module):
             mask = (torch.arange(S, device=x.device)[None] <= input_pos[:, None])[None, None]  # (1,1,T,S)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos)
+            x = layer(x, cos, sin, mask, input_pos, segments)
         return self.norm(x)
 
 
@@ -203,6 +210,17 @@ def packed_mask(doc_ids):
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def doc_segments(doc_ids):
+    """doc_ids (B, T) -> per row the (start, end) runs of equal ids, the filler tail
+    (negative ids) as one run. e.g. [[0, 0, 1, -1, -2]] -> [[(0, 2), (2, 3), (3, 5)]]."""
+    out = []
+    for row in doc_ids.tolist():
+        row = [max(d, -1) for d in row]  # every filler position in one run
+        cuts = [0] + [t for t in range(1, len(row)) if row[t] != row[t - 1]] + [len(row)]
+        out.append(list(zip(cuts[:-1], cuts[1:])))
+    return out
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):
@@ -231,9 +249,9 @@ class Qwen2(nn.Module):
         if not self.lm_head.weight.is_meta:  # a meta model is built only to be loaded into
             self.apply(_init_weights)
 
-    def forward(self, input_ids, position_ids=None, mask=None, input_pos=None):
+    def forward(self, input_ids, position_ids=None, mask=None, input_pos=None, segments=None):
         """input_ids (B, T) -> logits (B, T, vocab)."""
-        h = self.model(self.model.embed_tokens(input_ids), position_ids, mask, input_pos)
+        h = self.model(self.model.embed_tokens(input_ids), position_ids, mask, input_pos, segments)
         return self.lm_head(h)
 
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):
@@ -478,9 +496,9 @@ class UALM(nn.Module):
             x = x.masked_scatter(slots.unsqueeze(-1), self.adapter(audio_feats).to(x.dtype))
         return x
 
-    def forward(self, ids, audio_feats=None, position_ids=None, mask=None, input_pos=None):
+    def forward(self, ids, audio_feats=None, position_ids=None, mask=None, input_pos=None, segments=None):
         """ids (B, L, 8) -> final hidden states (B, L, d); see text_logits / audio_logits."""
-        return self.lm.model(self.embed(ids, audio_feats), position_ids, mask, input_pos)
+        return self.lm.model(self.embed(ids, audio_feats), position_ids, mask, input_pos, segments)
 
     def text_logits(self, h):
         """h (..., d) -> stream-0 logits over the whole unified vocabulary (..., V)."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from codec import delay_pattern
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, SYSTEM, TEXT,
-                   USER, packed_mask)
+                   USER, doc_segments)
 
 ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 NO_LOSS, TOKEN, FRAME = 0, 1, 2
@@ -128,7 +128,8 @@ def loss_sums(model, batch):
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
     is sum / n: each frame's 8 CEs weigh 1/8, normalised by the stream-0 loss positions."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], mask=packed_mask(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
+              segments=doc_segments(batch["doc"][:, :-1]))
     tgt, kind = ids[:, 1:], kind[:, 1:]
     tok, frm = kind == TOKEN, kind == FRAME
     text = F.cross_entropy(model.text_logits(h[tok]).float(), tgt[tok][:, 0], reduction="sum")
@@ -145,7 +146,8 @@ def row_logp(model, batch):
     """Log-probability of each row's trained audio frames, (B,), each codebook's term
     weighing 1/8 as in the loss: what DPO compares between policy and reference."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], mask=packed_mask(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
+              segments=doc_segments(batch["doc"][:, :-1]))
     frm = kind[:, 1:] == FRAME
     first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
     local = ids[:, 1:][frm] - first

@@ -11,8 +11,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM  # noqa: E402
 
-from model import (AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, load_safetensors,  # noqa: E402
-                   packed_mask, save_safetensors)
+from model import (AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, doc_segments,  # noqa: E402
+                   load_safetensors, packed_mask, save_safetensors)
 
 V = 320
 
@@ -93,9 +93,11 @@ def test_packed_forward_equals_separate_forwards(ckpts):
     doc = torch.tensor([[0] * 11 + [1] * 6])
     pos = torch.cat([torch.arange(11), torch.arange(6)])[None]
     with torch.no_grad():
-        packed = m(torch.cat([a, b], 1), position_ids=pos, mask=packed_mask(doc))
-        torch.testing.assert_close(packed[:, :11], m(a), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(packed[:, 11:], m(b), atol=1e-5, rtol=1e-5)
+        x = torch.cat([a, b], 1)
+        assert doc_segments(doc) == [[(0, 11), (11, 17)]]
+        for packed in (m(x, position_ids=pos, mask=packed_mask(doc)), m(x, position_ids=pos, segments=doc_segments(doc))):
+            torch.testing.assert_close(packed[:, :11], m(a), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(packed[:, 11:], m(b), atol=1e-5, rtol=1e-5)
 
 
 def edit_config(src, dst, **changes):
