@@ -561,7 +561,7 @@ def stage_all(args):
     print(f"{'total':10s} {sum(s for _, s in table) / 60:7.1f}")
 
 
-STAGE_STEPS = {"gen": 600, "align": 150, "pretrain": 600, "sft": 400}
+STAGE_STEPS = {"gen": 300, "align": 100, "pretrain": 300, "sft": 200}
 
 
 STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": stage_dpo,
@@ -582,14 +582,14 @@ def main():
     p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
     p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")
     p.add_argument("--vae_clips", type=int, default=200, help="training clips for the VAE")
-    p.add_argument("--clap_steps", type=int, default=600)
-    p.add_argument("--clap_batch", type=int, default=24)
+    p.add_argument("--clap_steps", type=int, default=300)
+    p.add_argument("--clap_batch", type=int, default=16)
     p.add_argument("--clap_lr", type=float, default=1e-3)
     d = p.add_argument_group("dpo")
-    d.add_argument("--dpo_prompts", type=int, default=100, help="training captions to sample for")
+    d.add_argument("--dpo_prompts", type=int, default=40, help="training captions to sample for")
     d.add_argument("--dpo_samples", type=int, default=4, help="samples per caption, ranked by CLAP")
     d.add_argument("--dpo_min_gap", type=float, default=0.02, help="keep pairs whose reward gap exceeds this")
-    d.add_argument("--dpo_steps", type=int, default=150)
+    d.add_argument("--dpo_steps", type=int, default=100)
     d.add_argument("--dpo_warmup", type=int, default=30, help="steps of cross-entropy on winners first")
     d.add_argument("--dpo_beta", type=float, default=0.1)
     d.add_argument("--dpo_ce", type=float, default=0.2, help="weight of the winners' CE during DPO")
@@ -601,8 +601,8 @@ def main():
     g.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default per stage: {STAGE_STEPS})")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--warmup", type=int, default=50)
-    g.add_argument("--rows", type=int, default=4, help="packed rows per micro-batch")
+    g.add_argument("--warmup", type=int, default=30)
+    g.add_argument("--rows", type=int, default=2, help="packed rows per micro-batch")
     g.add_argument("--budget", type=int, default=1024, help="positions per packed row")
     g.add_argument("--grad_accum", type=int, default=1)
     g.add_argument("--eval_every", type=int, default=100)
