@@ -135,16 +135,19 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if input_pos is not None:  # decoding: attend over the whole static cache, masked
+        if input_pos is not None:  # decoding: write at input_pos, attend to the filled part of the cache
             k, v = self.kv_cache.update(input_pos, k, v)
+            end = int(input_pos[-1]) + 1
+            k, v = k[:, :, :end], v[:, :, :end]  # (B, nkv, end, hd)
         gqa = self.n_kv != self.n_head
         if segments is not None:  # packed samples ("varlen"): causal attention inside each one alone
             y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e],
                                                                       v[b:b + 1, :, s:e], is_causal=True,
                                                                       enable_gqa=gqa) for s, e in row], 2)
                            for b, row in enumerate(segments)])
-        else:  # no mask means plain causal attention over this call's T tokens
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+        else:  # no mask: causal over this call's T tokens (T = 1, one new token, needs none)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                               enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -195,9 +198,9 @@ class Qwen2Model(nn.Module):
         if position_ids is None:
             base = input_pos if input_pos is not None else torch.arange(T, device=x.device)
             position_ids = base[None].expand(B, T)
-        if input_pos is not None and mask is None:
-            S = self.layers[0].self_attn.kv_cache.k.shape[2]
-            mask = (torch.arange(S, device=x.device)[None] <= input_pos[:, None])[None, None]  # (1,1,T,S)
+        if input_pos is not None and mask is None and T > 1 and int(input_pos[0]) > 0:  # a chunk after a prefix
+            S = int(input_pos[-1]) + 1
+            mask = (torch.arange(S, device=x.device)[None] <= input_pos[:, None])[None, None]  # (1, 1, T, S)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos, segments)

@@ -70,8 +70,8 @@ def test_kv_cache_decoding_matches_full_forward(ckpts):
     with torch.no_grad():
         full = m(x)
         m.setup_cache(3, 32)
-        steps = [m(x[:, :10], input_pos=torch.arange(10))]
-        for t in range(10, 24):
+        steps = [m(x[:, :10], input_pos=torch.arange(10)), m(x[:, 10:15], input_pos=torch.arange(10, 15))]
+        for t in range(15, 24):
             steps.append(m(x[:, t:t + 1], input_pos=torch.tensor([t])))
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
 
