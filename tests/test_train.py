@@ -69,3 +69,21 @@ def test_two_processes_equal_one(world, mode):
     one = run(world, f"one_{mode}", ["--grad_accum", "2"])
     two = run(world, f"two_{mode}", ["--fsdp"] if mode == "fsdp" else [], procs=2)
     torch.testing.assert_close(losses(two), losses(one), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stage, needs", [("vae", "--stage codec"), ("align", "--stage gen"), ("dpo", "--stage sft")])
+def test_missing_prerequisite_names_the_stage(world, tmp_path, stage, needs):
+    shutil.copytree(world / "runs", tmp_path / "runs")
+    if stage == "vae":
+        os.remove(tmp_path / "runs" / "codec.pt")
+    r = subprocess.run([sys.executable, "train.py", "--stage", stage, "--data", str(world / "toy"), "--out",
+                        str(tmp_path / "runs"), "--n_eval", "4", "--vocab_size", "400"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert needs in r.stderr and "not found" in r.stderr
+
+
+def test_missing_data_says_how_to_make_it(tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "--stage", "codec", "--data", str(tmp_path / "nothing"),
+                        "--out", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and "python data.py --out" in r.stderr and "Traceback" not in r.stderr
