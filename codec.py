@@ -3,28 +3,35 @@
 X-codec (Ye et al. 2024, SPEC.md section 2) quantises acoustic and semantic features
 together, so the first codebooks carry meaning as well as sound:
 
-    wav [B, N] --acoustic conv encoder (strides 8*5*4*2 = 320)--> [B, latent, T]  -+
-    wav --frozen semantic teacher--> [B, 128, T] --conv--> [B, semantic, T] -------+
+    wav [B, N] --STFT (n_fft 1280, hop 320)--> log|X| [B, 641, T] --conv stack--> [B, latent, T] -+
+    wav --frozen semantic teacher--> [B, 128, T] --conv--> [B, semantic, T] ----------------------+
         concat --fuse--> [B, D, T] --RVQ, 8 codebooks of 1024--> codes [B, 8, T]
-        --> waveform decoder (transposed convs mirroring the encoder) --> wav [B, 320 T]
+        --> magnitude decoder (conv stack) --> log|X| [B, 641, T] --Griffin-Lim--> wav [B, 320 T]
         --> semantic decoder --> [B, 128, T], regressed onto the teacher's features
+
+Where X-codec encodes and decodes the waveform itself (strided convs, then transposed
+convs back to 16 kHz), ours works on STFT frames at the code rate: the decoder predicts
+each frame's magnitude spectrum and Griffin-Lim recovers a phase for it. The reason is
+the budget: on a laptop CPU a waveform decoder does not converge in minutes (our first
+version, after 1000 steps, came out 20-40 dB too quiet and the world's analyzer found
+20% of the events in it), whereas a 50 Hz magnitude is a direct regression target. The
+LM-side interface is unchanged: the same codes at 50 Hz, the same delay pattern.
 
 The teacher in X-codec is a frozen HuBERT. No weights can be downloaded here, so our
 stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.py) at
 100 Hz, average-pooled to the codec's 50 Hz. It is frozen by construction, which is
 the property the architecture relies on.
 
-Losses: multi-resolution STFT (spectral convergence + log magnitude), multi-resolution
-mel L1, the RVQ commitment loss and the semantic reconstruction (MSE). The codebooks
-are not trained by gradients: each starts as k-means of the first batch's residuals,
-follows its assigned vectors by an exponential moving average, and a code that falls
-out of use restarts at a random residual of the batch. The adversarial term of X-codec
-(and of DAC/EnCodec) is left out: it buys perceptual crispness after days of GPU
-training, whereas the toy world is scored by spectral analysis, which the spectral
-losses already target, and a discriminator would double the cost of the 10-minute CPU
-run. The LM sees the tokens through the delay pattern (`delay_pattern` below).
+Losses (codec_losses): L1 of log magnitudes, L1 of log-mels of the predicted magnitude
+at three mel resolutions, the RVQ commitment loss and the semantic reconstruction (MSE);
+no waveform is made during training. The codebooks are not trained by gradients: each
+starts as k-means of the first batch's residuals, follows its assigned vectors by an
+exponential moving average, and a code that falls out of use restarts at a random
+residual of the batch. The adversarial term of X-codec (and of DAC/EnCodec) is left out:
+it buys perceptual crispness after days of GPU training, whereas the toy world is scored
+by spectral analysis. The LM sees the tokens through the delay pattern (`delay_pattern`).
 
-    python codec.py --out runs/codec     # toy preset: 1000 steps, ~10 min on a CPU core, then scores
+    python codec.py --out runs/codec     # toy preset: 800 steps, ~4 min on a CPU core, then scores
 """
 
 import argparse
@@ -43,27 +50,31 @@ from tqdm import tqdm
 
 import data
 from encoder import hz_to_mel, log_mel_spectrogram, mel_to_hz
-from world import adherence, analyze
+from analyzer import adherence, analyze
 
 # ---------------------------------------------------------------------------------------
 # Constants (X-codec's; model.py's N_STREAMS and CODEBOOK_SIZE must equal these)
 
 SAMPLE_RATE = 16000
-STRIDES = (8, 5, 4, 2)  # encoder downsampling per stage; the decoder mirrors it
-HOP = math.prod(STRIDES)  # 320 samples per frame
+HOP = 320  # samples per frame (X-codec's encoder strides 8 * 5 * 4 * 2)
 FRAME_RATE = SAMPLE_RATE // HOP  # 50 Hz
 N_CODEBOOKS = 8  # 8 x 10 bits x 50 Hz = 4 kbps
 CODEBOOK_SIZE = 1024
 TEACHER_DIM = 128  # log-mel bins of the stand-in semantic teacher
-# (n_fft, n_mels) of the spectral losses; hop n_fft / 4. 2048 resolves the 150 Hz hums, 256 the clicks
+N_FFT = 1280  # 80 ms frames, 4 x HOP: 12.5 Hz bins resolve the 100..200 Hz hums
+N_BINS = N_FFT // 2 + 1  # 641 magnitudes per frame, what the decoder predicts
+MAG_FLOOR = 1e-2  # added to |STFT| before the log: 90 dB under a full-scale sine's peak (320)
+GL_ITERS = 32  # Griffin-Lim iterations in decode
+MEL_BANDS = (160, 80, 40)  # mel resolutions of the training loss on the predicted magnitude
+# (n_fft, n_mels) of the waveform losses; hop n_fft / 4. 2048 resolves the 150 Hz hums, 256 the clicks
 RESOLUTIONS = ((2048, 128), (1024, 80), (512, 64), (256, 32))
-LOG_FLOOR = 1e-2  # |STFT| floor before log: ~-75 dB for a sine at n_fft 256 (see spectral_losses)
+LOG_FLOOR = 1e-2  # added to |STFT| and mels before the log in the waveform losses (see spectral_losses)
 
 
 @dataclass
 class CodecConfig:
-    encoder_channels: int = 16  # first encoder stage; doubles at each downsampling
-    decoder_channels: int = 16  # last decoder stage; the decoder starts at 16x this
+    channels: int = 256  # width of the encoder and decoder conv stacks
+    n_blocks: int = 4  # residual blocks in each stack
     latent_dim: int = 64  # acoustic latent per frame
     semantic_dim: int = 32  # projected teacher features, concatenated to the latent
     code_dim: int = 64  # RVQ vector width
@@ -71,7 +82,7 @@ class CodecConfig:
     # a code with fewer (EMA) assignments per batch restarts; a batch of 8 x 50 frames gives
     # 400 / 1024 = 0.4 per code on average, so this is 1/8 of the average use
     dead_threshold: float = 0.05
-    stft_weight: float = 1.0
+    magnitude_weight: float = 1.0
     mel_weight: float = 1.0
     commit_weight: float = 0.25
     semantic_weight: float = 1.0
@@ -79,7 +90,7 @@ class CodecConfig:
 
 CODEC_PRESETS = {
     "toy": CodecConfig(),
-    "micro": CodecConfig(encoder_channels=2, decoder_channels=2, latent_dim=8, semantic_dim=4, code_dim=8),
+    "micro": CodecConfig(channels=16, n_blocks=1, latent_dim=8, semantic_dim=4, code_dim=8),
 }
 
 
@@ -130,7 +141,54 @@ def teacher_features(wav: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# Building blocks (DAC/EnCodec style, weight norm dropped for brevity)
+# Frames: the STFT grid the codec works on, and Griffin-Lim to get back to a waveform
+
+
+def stft_frames(wav: torch.Tensor) -> torch.Tensor:
+    """wav [B, 320 T] -> complex STFT [B, 641, T]: Hann window N_FFT, hop 320, centred; frame t is centred on sample 320 t.
+
+    torch.stft gives T + 1 centred frames for 320 T samples; the last (centred on the end,
+    half padding) is dropped so that frames and codes line up one to one. The centring pads
+    with zeros (silence before and after), not reflection, which also works for one frame.
+    e.g. stft_frames(torch.zeros(1, 16000)).shape == (1, 641, 50).
+    """
+    window = torch.hann_window(N_FFT, device=wav.device)
+    return torch.stft(wav, N_FFT, HOP, window=window, pad_mode="constant", return_complex=True)[..., :-1]
+
+
+def log_magnitude(mag: torch.Tensor) -> torch.Tensor:
+    """|STFT| -> log(|STFT| + MAG_FLOOR), the codec's target: 0 -> -4.6, a full-scale sine's peak (320) -> 5.8."""
+    return (mag + MAG_FLOOR).log()
+
+
+def griffin_lim(mag: torch.Tensor, iters: int = GL_ITERS, momentum: float = 0.99) -> torch.Tensor:
+    """Phase for a magnitude: |STFT| [B, 641, T] (stft_frames' grid) -> wav [B, 320 T], deterministic.
+
+    Fast Griffin-Lim (Perraudin et al. 2013): alternate between the set of spectrograms
+    with this magnitude and the set of consistent ones (STFTs of some waveform), with
+    momentum on the projection. The phase starts from a fixed-seed random draw, so the same
+    magnitude always gives the same waveform. The last frame is repeated once to cover the
+    tail, as stft_frames dropped it. e.g. the exact |STFT| of a 440 Hz sine comes back as a
+    sine whose magnitude is within a few percent (tests/test_codec.py).
+    """
+    window = torch.hann_window(N_FFT, device=mag.device)
+    mag = torch.cat([mag, mag[..., -1:]], -1)  # [B, F, T + 1]
+    length = HOP * (mag.shape[-1] - 1)
+    generator = torch.Generator().manual_seed(0)
+    phase = torch.rand(mag.shape, generator=generator).to(mag.device)
+    angles = torch.polar(torch.ones_like(mag), 2 * math.pi * phase)
+    previous = torch.zeros_like(angles)
+    for _ in range(iters):
+        wav = torch.istft(mag * angles, N_FFT, HOP, window=window, length=length)
+        spec = torch.stft(wav, N_FFT, HOP, window=window, pad_mode="constant", return_complex=True)  # consistent
+        angles = spec - momentum / (1 + momentum) * previous
+        angles = angles / angles.abs().clamp(min=1e-8)
+        previous = spec
+    return torch.istft(mag * angles, N_FFT, HOP, window=window, length=length)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks: 1-D convs over the 50 Hz frames
 
 
 class Snake(nn.Module):
@@ -144,68 +202,33 @@ class Snake(nn.Module):
         return x + (self.alpha * x).sin().pow(2) / (self.alpha + 1e-9)
 
 
-class ResidualUnit(nn.Module):
-    """x + conv1x1(snake(conv7_dilated(snake(x)))); length preserved."""
+class ResidualBlock(nn.Module):
+    """x + conv1x1(snake(conv3_dilated(snake(norm(x))))); [B, C, T] -> [B, C, T].
+
+    GroupNorm(1, C) normalises each frame sequence over channels and time (a LayerNorm
+    that fits conv layouts); dilation widens the context: 1, 2, 4 frames = 20..80 ms.
+    """
 
     def __init__(self, channels: int, dilation: int):
         super().__init__()
-        self.block = nn.Sequential(Snake(channels), nn.Conv1d(channels, channels, 7, dilation=dilation,
-                                                              padding=3 * dilation),
+        self.block = nn.Sequential(nn.GroupNorm(1, channels), Snake(channels),
+                                   nn.Conv1d(channels, channels, 3, dilation=dilation, padding=dilation),
                                    Snake(channels), nn.Conv1d(channels, channels, 1))
 
     def forward(self, x):
         return x + self.block(x)
 
 
-def encoder_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    """[B, c_in, L] -> [B, c_out, L // stride]: a strided conv, then a residual unit at the lower rate.
+def conv_stack(c_in: int, channels: int, c_out: int, n_blocks: int) -> nn.Sequential:
+    """[B, c_in, T] -> [B, c_out, T]: conv k3 in, residual blocks (dilations 1, 2, 4, 1, ...), conv k3 out.
 
-    Kernel 2s with padding ceil(s/2) gives exactly L / s frames for odd s too.
-    """
-    return nn.Sequential(Snake(c_in), nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=(stride + 1) // 2),
-                         ResidualUnit(c_out, 1))
-
-
-def decoder_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    """[B, c_in, L] -> [B, c_out, L * stride]: a residual unit at the lower rate, then a transposed conv.
-
-    output_padding = s mod 2 makes the length exactly L * s for odd s (the 5).
-    """
-    return nn.Sequential(ResidualUnit(c_in, 1), Snake(c_in),
-                         nn.ConvTranspose1d(c_in, c_out, 2 * stride, stride=stride, padding=(stride + 1) // 2,
-                                            output_padding=stride % 2))
-
-
-class Encoder(nn.Module):
-    """wav [B, 1, N] -> latent [B, latent_dim, N // 320]; channels c, 2c, 4c, 8c, 16c at 16000, 2000, 400, 100, 50 Hz.
-
-    The big stride comes first (8, then 5, 4, 2) and residual units only run after a
-    downsampling, so nothing but two convs touches the 16 kHz signal: CPU training is
-    bound by the high-rate layers.
-    """
-
-    def __init__(self, c: int, latent_dim: int):
-        super().__init__()
-        self.conv_in = nn.Conv1d(1, c, 7, padding=3)
-        self.blocks = nn.Sequential(*[encoder_block(c * 2 ** i, c * 2 ** (i + 1), s) for i, s in enumerate(STRIDES)])
-        self.conv_out = nn.Sequential(Snake(c * 16), nn.Conv1d(c * 16, latent_dim, 3, padding=1))
-
-    def forward(self, wav):
-        return self.conv_out(self.blocks(self.conv_in(wav)))
-
-
-class Decoder(nn.Module):
-    """latent [B, latent_dim, T] -> wav [B, 1, 320 T]; the encoder mirrored (strides 2, 4, 5, 8)."""
-
-    def __init__(self, c: int, latent_dim: int):
-        super().__init__()
-        self.conv_in = nn.Conv1d(latent_dim, c * 16, 7, padding=3)
-        self.blocks = nn.Sequential(*[decoder_block(c * 2 ** (4 - i), c * 2 ** (3 - i), s)
-                                      for i, s in enumerate(reversed(STRIDES))])
-        self.conv_out = nn.Sequential(Snake(c), nn.Conv1d(c, 1, 7, padding=3), nn.Tanh())
-
-    def forward(self, z):
-        return self.conv_out(self.blocks(self.conv_in(z)))
+    No norm on the way out: a norm there (over channels and time) divides away each
+    clip's level and contrast, and the decoder then cannot say how loud a tone is (the
+    first toy runs came out 20-50 dB too quiet). Inside the blocks the norm only feeds
+    the residual branch, so the stream itself keeps the level."""
+    return nn.Sequential(nn.Conv1d(c_in, channels, 3, padding=1),
+                         *[ResidualBlock(channels, 2 ** (i % 3)) for i in range(n_blocks)],
+                         Snake(channels), nn.Conv1d(channels, c_out, 3, padding=1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,14 +325,14 @@ class Codec(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
         cfg = self.config = config
-        self.encoder = Encoder(cfg.encoder_channels, cfg.latent_dim)
+        self.encoder = conv_stack(N_BINS, cfg.channels, cfg.latent_dim, cfg.n_blocks)
         self.semantic_encoder = nn.Sequential(nn.Conv1d(TEACHER_DIM, cfg.semantic_dim, 3, padding=1), nn.ELU(),
                                               nn.Conv1d(cfg.semantic_dim, cfg.semantic_dim, 3, padding=1))
         self.fuse = nn.Conv1d(cfg.latent_dim + cfg.semantic_dim, cfg.code_dim, 1)  # X-codec's fc_prior
         self.quantizer = ResidualVQ(cfg.code_dim, cfg.ema_decay, cfg.dead_threshold)
         self.to_acoustic = nn.Conv1d(cfg.code_dim, cfg.latent_dim, 1)  # X-codec's fc_post_a
         self.to_semantic = nn.Conv1d(cfg.code_dim, cfg.semantic_dim, 1)  # fc_post_s
-        self.decoder = Decoder(cfg.decoder_channels, cfg.latent_dim)
+        self.decoder = conv_stack(cfg.latent_dim, cfg.channels, N_BINS, cfg.n_blocks)  # -> log-magnitudes
         self.semantic_decoder = nn.Sequential(nn.Conv1d(cfg.semantic_dim, cfg.semantic_dim, 3, padding=1), nn.ELU(),
                                               nn.Conv1d(cfg.semantic_dim, TEACHER_DIM, 3, padding=1))
 
@@ -320,19 +343,19 @@ class Codec(nn.Module):
         return F.pad(wav, (0, -wav.shape[-1] % HOP))
 
     def latent(self, wav: torch.Tensor):
-        """wav [B, N'] -> (fused latent [B, D, T], teacher features [B, 128, T])."""
+        """wav [B, 320 T] -> (fused latent [B, D, T], teacher features [B, 128, T], log|STFT| [B, 641, T])."""
         teacher = teacher_features(wav)
-        acoustic = self.encoder(wav[:, None])  # [B, latent_dim, T]
+        target = log_magnitude(stft_frames(wav).abs())  # [B, 641, T], in about [-5, 6]
+        acoustic = self.encoder(target / 4)  # [B, latent_dim, T]; / 4 brings the input to about unit scale
         semantic = self.semantic_encoder(teacher)  # [B, semantic_dim, T]
-        return self.fuse(torch.cat([acoustic, semantic], 1)), teacher
+        return self.fuse(torch.cat([acoustic, semantic], 1)), teacher, target
 
     def forward(self, wav: torch.Tensor) -> dict:
-        """wav [B, N] -> reconstruction, predicted and target teacher features, codes, commitment loss."""
-        wav = self._frames(wav)
-        z, teacher = self.latent(wav)
+        """wav [B, N] -> predicted and target log-magnitudes and teacher features, codes, commitment loss."""
+        z, teacher, target = self.latent(self._frames(wav))
         q, codes, commit = self.quantizer(z)
-        return {"wav": self.decoder(self.to_acoustic(q))[:, 0], "semantic": self.semantic_decoder(self.to_semantic(q)),
-                "teacher": teacher, "codes": codes, "commit": commit}
+        return {"log_mag": self.decoder(self.to_acoustic(q)), "target": target, "codes": codes, "commit": commit,
+                "semantic": self.semantic_decoder(self.to_semantic(q)), "teacher": teacher}
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
@@ -340,7 +363,7 @@ class Codec(nn.Module):
 
         e.g. 1 s of audio, [1, 16000] -> [1, 8, 50].
         """
-        z, _ = self.latent(self._frames(wav))
+        z, _, _ = self.latent(self._frames(wav))
         B, D, T = z.shape
         residual, codes = z.transpose(1, 2).reshape(B * T, D), []
         for vq in self.quantizer.layers:
@@ -351,11 +374,12 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, 8, T] -> wav [B, 320 T] at 16 kHz. e.g. [1, 8, 50] -> [1, 16000]."""
+        """codes [B, 8, T] -> wav [B, 320 T] at 16 kHz: predicted magnitudes, phase by Griffin-Lim. [1, 8, 50] -> [1, 16000]."""
         if codes.min() < 0 or codes.max() >= CODEBOOK_SIZE:
             raise ValueError("codes hold pad (-1) or out-of-range values; undelay_pattern and strip pads "
                              "before decoding.")
-        return self.decoder(self.to_acoustic(self.quantizer.decode(codes)))[:, 0]
+        log_mag = self.decoder(self.to_acoustic(self.quantizer.decode(codes)))  # [B, 641, T]
+        return griffin_lim((log_mag.exp() - MAG_FLOOR).clamp(min=0))
 
     @classmethod
     def from_checkpoint(cls, path, config: CodecConfig | None = None) -> "Codec":
@@ -417,33 +441,45 @@ def magnitude(wav: torch.Tensor, n_fft: int) -> torch.Tensor:
 def log_mel(mag: torch.Tensor, n_mels: int) -> torch.Tensor:
     """|STFT| [B, F, frames] -> log10 mel magnitudes [B, n_mels, frames]."""
     n_fft = 2 * (mag.shape[-2] - 1)
-    return (mel_bank(n_fft, n_mels).to(mag.device) @ mag).clamp(min=LOG_FLOOR).log10()
+    return (mel_bank(n_fft, n_mels).to(mag.device) @ mag + LOG_FLOOR).log10()
 
 
 def spectral_losses(pred: torch.Tensor, target: torch.Tensor) -> dict:
-    """Multi-resolution STFT and mel losses, each a mean over RESOLUTIONS: wav [B, N] x 2 -> {'stft', 'mel'}.
+    """Multi-resolution STFT and mel losses between waveforms, each a mean over RESOLUTIONS: wav [B, N] x 2 -> {'stft', 'mel'}.
 
     stft = spectral convergence (relative Frobenius error) + L1 of log magnitudes;
-    mel = L1 of log10 mel magnitudes, which is also the evaluation's log-mel distance.
-    Magnitudes are floored at LOG_FLOOR before the log: with DAC's 1e-5 the silent gaps
-    of the world dominate the log terms and our first toy run learned to output audio
-    20-40 dB too quiet; 1e-2 ignores what lies ~75 dB below a full-scale sine.
+    mel = L1 of log10 mel magnitudes: evaluate_codec's log-mel distance, which judges the
+    whole round trip (Griffin-Lim included). Training does not use it: codec_losses
+    compares magnitudes directly. LOG_FLOOR is added before the log, not clamped: under a
+    clamp a bin left silent gets no gradient however loud its target.
     """
     stft = mel = 0.0
     for n_fft, n_mels in RESOLUTIONS:
         p, t = magnitude(pred, n_fft), magnitude(target, n_fft)
         convergence = torch.linalg.norm(t - p) / torch.linalg.norm(t).clamp(min=LOG_FLOOR)
-        stft = stft + convergence + F.l1_loss(p.clamp(min=LOG_FLOOR).log(), t.clamp(min=LOG_FLOOR).log())
+        stft = stft + convergence + F.l1_loss((p + LOG_FLOOR).log(), (t + LOG_FLOOR).log())
         mel = mel + F.l1_loss(log_mel(p, n_mels), log_mel(t, n_mels))
     return {"stft": stft / len(RESOLUTIONS), "mel": mel / len(RESOLUTIONS)}
 
 
 def codec_losses(codec: Codec, wav: torch.Tensor) -> dict:
-    """wav [B, N] (N a multiple of 320) -> {'loss': weighted total, and each term}."""
+    """wav [B, N] -> {'loss': weighted total, and each term}; no waveform is synthesised (no Griffin-Lim here).
+
+    magnitude = L1 of the predicted vs true log(|STFT| + MAG_FLOOR), the decoder's direct
+    target, plus spectral convergence ||t - p|| / ||t|| of the linear magnitudes; mel = L1
+    of log10 mels of the predicted vs true magnitude, mean over MEL_BANDS. The log terms
+    alone are ruled by the many near-silent bins: our first run matched them and left the
+    few bins of a tone's peak 20-30 dB low (the analyzer then found 4% of the events);
+    spectral convergence is ruled by the loud bins, where the events are.
+    """
     cfg, out = codec.config, codec(wav)
-    terms = {**spectral_losses(out["wav"], wav), "commit": out["commit"],
+    pred, target = out["log_mag"], out["target"]
+    pred_mag, target_mag = (pred.exp() - MAG_FLOOR).clamp(min=0), (target.exp() - MAG_FLOOR).clamp(min=0)
+    mel = sum(F.l1_loss(log_mel(pred_mag, n), log_mel(target_mag, n)) for n in MEL_BANDS) / len(MEL_BANDS)
+    convergence = torch.linalg.norm(target_mag - pred_mag) / torch.linalg.norm(target_mag).clamp(min=MAG_FLOOR)
+    terms = {"magnitude": F.l1_loss(pred, target) + convergence, "mel": mel, "commit": out["commit"],
              "semantic": F.mse_loss(out["semantic"], out["teacher"])}
-    terms["loss"] = (cfg.stft_weight * terms["stft"] + cfg.mel_weight * terms["mel"]
+    terms["loss"] = (cfg.magnitude_weight * terms["magnitude"] + cfg.mel_weight * terms["mel"]
                      + cfg.commit_weight * terms["commit"] + cfg.semantic_weight * terms["semantic"])
     return terms
 
@@ -477,7 +513,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 20) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 1000, batch_size: int = 8,
+def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 800, batch_size: int = 8,
                 crop_seconds: float = 1.0, lr: float = 1e-3, seed: int = 0, save_every: int = 200,
                 progress: bool = True) -> Codec:
     """Train a codec on 16 kHz mono clips [(N,) arrays]; writes out_dir/codec.pt every save_every steps.
@@ -532,7 +568,7 @@ def main():
     p = argparse.ArgumentParser(description="Train the codec on the toy world, then score it on held-out clips.")
     p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
     p.add_argument("--preset", default="toy", choices=list(CODEC_PRESETS), help="model size")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
     p.add_argument("--crop", type=float, default=1.0, help="seconds per crop")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import analyzer
 import data
 import world
 
@@ -161,7 +162,7 @@ def _rates(n, distort=None):
     for i in range(n):
         ex = data.make_example(SEED, i)
         x = ex["audio"] if distort is None else distort(ex["audio"], i)
-        score = world.adherence(world.analyze(x), ex["plan"]["events"])
+        score = analyzer.adherence(analyzer.analyze(x), ex["plan"]["events"])
         for k in keys:
             hits[k] += score[k]
     return {k: v / n for k, v in hits.items()}
