@@ -41,7 +41,7 @@ import tasks
 import vae as vae_lib
 from clap import Clap, ClapConfig, frame_tags, pad_ids
 from data import load_audio, read_generation, read_reflection, read_text, read_understanding
-from model import AUDIO, N_SPECIAL, PRESETS, UALM, UALMConfig
+from model import N_SPECIAL, PRESETS, UALM, UALMConfig
 from sequences import FRAME, TOKEN, build, cfg_dropout, collate, loss_sums
 from tokenizer import QwenTokenizer, SPTokenizer
 
@@ -468,79 +468,9 @@ def evaluate(model, held, args, device, autocast, n_batches=4):
     return total / max(1, n)
 
 
-# ----------------------------------------------------------------------------- DPO
-
-
-@torch.no_grad()
-def dpo_pairs(args, policy, tok, rows, codec, clap):
-    """For each prompt, --dpo_samples clips from the model itself, ranked by the CLAP reward:
-    (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt."""
-    from sample import generate_audio, prefix
-    path = os.path.join(args.out, "dpo_pairs.pt")
-    if os.path.isfile(path):
-        return torch.load(path)
-    policy.eval()
-    g = torch.Generator().manual_seed(args.seed)
-    pairs = []
-    for r in tqdm(rows[:args.dpo_prompts], desc="dpo: sampling and ranking"):
-        x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], tok, policy.cfg, AUDIO)
-        codes = generate_audio(policy, x, n=args.dpo_samples, max_frames=int(r["duration"] * 50) + 50, generator=g)
-        codes = [c for c in codes if c.shape[1] > 0]
-        if len(codes) < 2:
-            continue
-        waves = [codec.decode(c[None].long())[0] for c in codes]
-        reward = clap.score(waves, pad_ids([tok.encode(r["caption"])] * len(waves), tok.vocab_size))
-        best, worst = int(reward.argmax()), int(reward.argmin())
-        pairs.append((r["caption"], codes[best].long(), codes[worst].long(), float(reward[best] - reward[worst])))
-    save_atomic(pairs, path)
-    return pairs
-
-
 def stage_dpo(args):
-    """DPO on the model's own samples (paper section 7): a frozen reference, a CE warm-up on
-    the winners, then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) + CE on winners."""
-    from sequences import row_logp
-    tok = get_tokenizer(args)
-    data = lm_data(args)
-    ckpt = load_ckpt(os.path.join(args.out, "sft.pt"), "sft")
-    policy = UALM(UALMConfig(**ckpt["config"]))
-    policy.load_state_dict(ckpt["model"])
-    reference = UALM(UALMConfig(**ckpt["config"])).eval().requires_grad_(False)
-    reference.load_state_dict(ckpt["model"])
-    codec = codec_lib.Codec.from_checkpoint(os.path.join(args.out, "codec.pt"))
-    clap = Clap.from_checkpoint(load_ckpt(os.path.join(args.out, "clap.pt"), "clap"))
-    pairs = dpo_pairs(args, policy, tok, data["tta"][0], codec, clap)
-    pairs = [p for p in pairs if p[3] > args.dpo_min_gap]
-    if not pairs:
-        fail("no DPO pair has a reward gap above --dpo_min_gap; sample more with --dpo_samples")
-    policy.train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.dpo_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    g = np.random.default_rng(args.seed)
-    log, bar = [], tqdm(range(args.dpo_steps), desc="dpo")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.dpo_steps, args.dpo_lr, warmup=10)
-        caption, win, lose, _ = pairs[g.integers(len(pairs))]
-        user = {"role": "user", "text": tasks.TTA_PROMPT + caption}
-        s = [build([user, {"role": "assistant", "codes": c}], tok.encode, policy.cfg) for c in (win, lose)]
-        batch = collate(s, [[0], [1]], max(len(x) for x in s))
-        pi = row_logp(policy, batch)
-        with torch.no_grad():
-            ref = row_logp(reference, batch)
-        frames = n_loss_positions(collate(s[:1], [[0]], len(s[0])))
-        ce = -pi[0] / frames  # the winner's cross-entropy per frame
-        margin = (pi[0] - ref[0]) - (pi[1] - ref[1])
-        dpo = -torch.nn.functional.logsigmoid(args.dpo_beta * margin)
-        loss = ce if step < args.dpo_warmup else dpo + args.dpo_ce * ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        log.append({"step": step + 1, "loss": loss.item(), "ce": ce.item(), "margin": margin.item()})
-        bar.set_postfix(ce=f"{ce.item():.3f}", margin=f"{margin.item():.2f}")
-    save_atomic({"model": policy.state_dict(), "config": asdict(policy.cfg), "args": vars(args), "log": log},
-                os.path.join(args.out, "dpo.pt"))
-    print(f"dpo: {len(pairs)} pairs, mean reward gap {np.mean([p[3] for p in pairs]):.3f} -> {args.out}/dpo.pt")
+    from dpo import train_dpo  # its own file: pairs from the model's samples, the DPO loss
+    train_dpo(args)
 
 
 def stage_all(args):
