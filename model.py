@@ -496,7 +496,8 @@ class UALM(nn.Module):
             if audio_feats is None or audio_feats.shape[0] != n:
                 got = 0 if audio_feats is None else audio_feats.shape[0]
                 raise ValueError(f"{got} audio frames given for {n} <|audio_in|> positions")
-            x = x.masked_scatter(slots.unsqueeze(-1), self.adapter(audio_feats).to(x.dtype))
+            a = self.adapter(audio_feats.to(self.adapter.fc1.weight.dtype))  # features may be cached in fp16
+            x = x.masked_scatter(slots.unsqueeze(-1), a.to(x.dtype))
         return x
 
     def forward(self, ids, audio_feats=None, position_ids=None, mask=None, input_pos=None, segments=None):

@@ -236,6 +236,7 @@ def test_ualm_streams_and_audio_slots():
         x = u.embed(grid, feats)
         torch.testing.assert_close(x[0, 0], W[N_SPECIAL + 7])
         torch.testing.assert_close(x[0, 1:3], u.adapter(feats))
+        torch.testing.assert_close(u.embed(grid, feats.half()), x, atol=1e-2, rtol=1e-2)  # features cached in fp16
         torch.testing.assert_close(x[0, 3:8], W[ids.T].sum(1))
         assert x[0, 8].abs().max() == 0  # pad embeds to zero
         h = u(grid, feats)
