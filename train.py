@@ -294,6 +294,7 @@ def lm_model(args, tok, audio_dim):
         return model
     if args.init_from:
         return UALM.from_qwen(args.init_from, audio_dim)
+    torch.manual_seed(args.seed)  # the same init whether or not this run built the cache (building draws)
     return UALM(UALMConfig(text_size=tok.vocab_size, audio_dim=audio_dim, backbone=asdict(PRESETS[args.preset])))
 
 
@@ -312,9 +313,14 @@ def set_trainable(args, model):
 
 
 def stage_lm(args):
+    rank, world = distributed(args)
+    if rank > 0:
+        dist.barrier()  # rank 0 writes the tokenizer and the cache; the others then read them
     tok = get_tokenizer(args)
     data = lm_data(args)
     cache = audio_cache(args, data)
+    if rank == 0 and world > 1:
+        dist.barrier()
     audio_dim = next(iter(cache["feats"].values())).shape[-1]
     model = lm_model(args, tok, audio_dim)
     mix = MIXTURES[args.stage]
@@ -348,6 +354,8 @@ def distributed(args):
     """(rank, world size). Under torchrun: one process per GPU (nccl), or on CPU (gloo)."""
     if "RANK" not in os.environ:
         return 0, 1
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     cuda = args.device.startswith("cuda")
     dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
