@@ -119,14 +119,34 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+GEMV_ROWS = 4  # up to this many rows, Linear runs as W @ x.T on CPU
+
+
+class Linear(nn.Linear):
+    """nn.Linear without its own init (every weight is set by _init_weights or loaded, and the
+    kaiming init it replaces made building a 0.5B model 5x slower), and with a CPU decode path:
+    for a few rows x, W @ x.T runs as BLAS gemv and reads W up to 2x faster than x @ W.T
+    (measured at 2 rows, the CFG batch; bench.py decode)."""
+
+    def reset_parameters(self):
+        pass
+
+    def forward(self, x):
+        rows = x.numel() // self.in_features
+        if x.device.type != "cpu" or rows > GEMV_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        y = (self.weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
-        self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.n_head * self.hd, bias=True)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.hd, bias=True)
+        self.o_proj = Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
         self.kv_cache = None
 
     def forward(self, x, cos, sin, mask=None, input_pos=None, segments=None):
@@ -154,9 +174,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -246,7 +266,7 @@ class Qwen2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = Qwen2Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         if not self.lm_head.weight.is_meta:  # a meta model is built only to be loaded into
@@ -289,10 +309,12 @@ class Qwen2(nn.Module):
         with torch.device("meta"):
             model = cls(cfg)
         check_state_dict(model, state, path)
-        model.load_state_dict(state, strict=False, assign=True)
+        for name, tensor in state.items():  # the loaded tensors become the parameters: no copy
+            module, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module), leaf, nn.Parameter(tensor))
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        return model.to(device=device, dtype=dtype)
+        return model.to(device=device, dtype=dtype) if device or dtype else model
 
 
 def _init_weights(m):
