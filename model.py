@@ -133,9 +133,9 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or rows > GEMV_ROWS:
+        if x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS:
             return F.linear(x, self.weight, self.bias)
-        y = (self.weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], self.out_features)
+        y = (self.weight @ x.reshape(rows, self.in_features).T).T.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 

@@ -90,8 +90,11 @@ def write_audio(rt, codes, path, vae=True):
 
 def prefix(messages, tok, cfg, modality=None):
     """The conversation so far, then <|assistant|> (and the modality when it is forced):
-    -> (rows (L, 8), feats or None)."""
+    -> (rows (L, 8), feats or None). When the assistant spoke last, its END is <|eot|>: it
+    goes on with another segment of the same turn, e.g. the audio after its rich caption."""
     s = build(messages, tok.encode, cfg)
+    if messages[-1]["role"] == "assistant":
+        s.ids[-1, 0] = EOT  # build ends a conversation with <|eos|>
     extra = [ASSISTANT] + ([modality] if modality is not None else [])
     rows = torch.cat([s.ids, torch.tensor([[t] + [PAD] * (N_STREAMS - 1) for t in extra])])
     return rows, s.feats

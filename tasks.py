@@ -9,14 +9,16 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
     understand   user: "<question>", user: heard audio                -> assistant: "<answer>"
     text         user: "<problem>"                                    -> assistant: "<answer>"
     enrich       user: "<vague prompt>" -> assistant: "<rich caption>", assistant: audio
-    dialogue     user: vague prompt, then the model asks until the caption is complete,
-                 then assistant: "<rich caption>", assistant: audio
+    dialogue     user: "Ask me about it first. <vague prompt>", then the model asks until
+                 the caption is complete, then assistant: "<rich caption>", assistant: audio
+                 (the instruction tells it from enrich, which begins the same way)
     reflect      user: caption -> assistant: plan (rich caption), first audio (out of the
                  loss when flawed), user: that audio heard, assistant: critique, and, when
                  the critique found a problem, assistant: corrected audio
 """
 
 TTA_PROMPT = "Generate audio for this caption. "
+DIALOGUE_PROMPT = "Ask me about it first. "
 ASK_SOUNDS = "Which sounds should it have?"
 ASK_LAYOUT = "Should they play one after the other or at the same time?"
 ASK_DETAILS = "Any details about each sound?"
@@ -60,7 +62,7 @@ def dialogue_turns(row):
 
 
 def dialogue(row, A):
-    msgs = [{"role": "user", "text": row["vague_prompt"]}]
+    msgs = [{"role": "user", "text": DIALOGUE_PROMPT + row["vague_prompt"]}]
     for question, answer in dialogue_turns(row):
         msgs += [{"role": "assistant", "text": question}, {"role": "user", "text": answer}]
     return msgs + [{"role": "assistant", "text": row["rich_caption"]},
