@@ -5,6 +5,7 @@ Benchmarks: each figure is a ratio against a reference measured in the same run.
     python bench.py load       # from_pretrained vs safetensors.torch.load_file (0.5B shape, bf16)
     python bench.py tokenizer  # QwenTokenizer.encode vs the `tokenizers` library
     python bench.py train      # UALM training step vs transformers' Qwen2 on the same config (CPU)
+    python bench.py sample     # text-to-audio with CFG on the trained toy model: x real time, split by part
     python bench.py all
 
 Needs the test requirements (transformers, tokenizers, safetensors) for the references.
@@ -200,6 +201,37 @@ def bench_train(preset="tiny", rows=4, budget=1024, steps=5):
           " (goal >= 1.0x)")
 
 
+def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0):
+    """Seconds of 48 kHz stereo audio made per second of wall time (the real-time factor),
+    CFG 3 at batch 1 (2 rows), from the toy checkpoint of `train.py --stage all`."""
+    from sample import generate_audio, load_runtime, prefix
+    from model import AUDIO
+    from tasks import TTA_PROMPT
+    rt = load_runtime(ckpt)
+    g = torch.Generator().manual_seed(0)
+    t = {"LM": 0.0, "codec": 0.0, "VAE": 0.0}
+    made = 0.0
+    captions = ["A bell rings, then a drum hits twice.", "A low hum together with a hiss.",
+                "Three beeps, then a rising siren.", "A plucked string plays four notes."]
+    with torch.no_grad():
+        for i in range(prompts):
+            x, _ = prefix([{"role": "user", "text": TTA_PROMPT + captions[i % len(captions)]}], rt.tok,
+                          rt.model.cfg, AUDIO)
+            t0 = time.perf_counter()
+            codes = generate_audio(rt.model, x, cfg_scale=3.0, max_frames=int(seconds * 50), generator=g)[0]
+            t1 = time.perf_counter()
+            wav = rt.codec.decode(codes[None])
+            t2 = time.perf_counter()
+            rt.vae(wav)
+            t3 = time.perf_counter()
+            t["LM"], t["codec"], t["VAE"] = t["LM"] + t1 - t0, t["codec"] + t2 - t1, t["VAE"] + t3 - t2
+            made += codes.shape[1] / 50
+    total = sum(t.values())
+    print(f"sample {ckpt}: {prompts} prompts, CFG 3, {made:.1f} s of audio ({torch.get_num_threads()} threads)")
+    print(f"  {made / total:.2f}x real time (goal >= 5x); " + ", ".join(
+        f"{k} {v:.2f} s ({v / total:.0%}, {made / v:.1f}x real time alone)" for k, v in t.items()))
+
+
 def hf_twin_config(c):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     return Qwen2ForCausalLM(Qwen2Config(
@@ -212,7 +244,7 @@ def hf_twin_config(c):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "all"])
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all"])
     p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS))
     p.add_argument("--new_tokens", type=int, default=64)
     a = p.parse_args()
@@ -225,3 +257,5 @@ if __name__ == "__main__":
         bench_tokenizer()
     if a.what in ("train", "all"):
         bench_train()
+    if a.what in ("sample", "all"):
+        bench_sample()

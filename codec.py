@@ -23,15 +23,21 @@ stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.p
 the property the architecture relies on.
 
 Losses (codec_losses): L1 of log magnitudes, L1 of log-mels of the predicted magnitude
-at three mel resolutions, the RVQ commitment loss and the semantic reconstruction (MSE);
-no waveform is made during training. The codebooks are not trained by gradients: each
+at three mel resolutions, a spectral shape loss (below), the RVQ commitment loss and the
+semantic reconstruction (MSE); no waveform is made during training. The shape loss is the
+KL divergence between each frame's power spectrum and the predicted one, both normalised
+to sum to 1 over frequency: its gradient (predicted - true share of the frame's power) is
+large exactly at the tonal peaks, which the log-domain losses, ruled by the many quiet
+bins, leave blurred and 20-30 dB low. With it the analyzer found 47.5% of the events,
+order, counts and pitches in held-out reconstructions instead of 26.5% (800 steps each),
+and 57.5% after 1600 steps. The codebooks are not trained by gradients: each
 starts as k-means of the first batch's residuals, follows its assigned vectors by an
 exponential moving average, and a code that falls out of use restarts at a random
 residual of the batch. The adversarial term of X-codec (and of DAC/EnCodec) is left out:
 it buys perceptual crispness after days of GPU training, whereas the toy world is scored
 by spectral analysis. The LM sees the tokens through the delay pattern (`delay_pattern`).
 
-    python codec.py --out runs/codec     # toy preset: 800 steps, ~4 min on a CPU core, then scores
+    python codec.py --out runs/codec     # toy preset: 1600 steps, ~8 min on a CPU core, then scores
 """
 
 import argparse
@@ -86,6 +92,7 @@ class CodecConfig:
     mel_weight: float = 1.0
     commit_weight: float = 0.25
     semantic_weight: float = 1.0
+    shape_weight: float = 1.0
 
 
 CODEC_PRESETS = {
@@ -477,10 +484,13 @@ def codec_losses(codec: Codec, wav: torch.Tensor) -> dict:
     pred_mag, target_mag = (pred.exp() - MAG_FLOOR).clamp(min=0), (target.exp() - MAG_FLOOR).clamp(min=0)
     mel = sum(F.l1_loss(log_mel(pred_mag, n), log_mel(target_mag, n)) for n in MEL_BANDS) / len(MEL_BANDS)
     convergence = torch.linalg.norm(target_mag - pred_mag) / torch.linalg.norm(target_mag).clamp(min=MAG_FLOOR)
-    terms = {"magnitude": F.l1_loss(pred, target) + convergence, "mel": mel, "commit": out["commit"],
-             "semantic": F.mse_loss(out["semantic"], out["teacher"])}
+    power = F.softmax(2 * target, 1)  # each frame's power |X|^2 over frequency, as a distribution
+    shape = (power * (power.clamp(min=1e-12).log() - F.log_softmax(2 * pred, 1))).sum(1).mean()
+    terms = {"magnitude": F.l1_loss(pred, target) + convergence, "mel": mel, "shape": shape,
+             "commit": out["commit"], "semantic": F.mse_loss(out["semantic"], out["teacher"])}
     terms["loss"] = (cfg.magnitude_weight * terms["magnitude"] + cfg.mel_weight * terms["mel"]
-                     + cfg.commit_weight * terms["commit"] + cfg.semantic_weight * terms["semantic"])
+                     + cfg.shape_weight * terms["shape"] + cfg.commit_weight * terms["commit"]
+                     + cfg.semantic_weight * terms["semantic"])
     return terms
 
 
@@ -513,7 +523,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 20) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 800, batch_size: int = 8,
+def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 1600, batch_size: int = 8,
                 crop_seconds: float = 1.0, lr: float = 1e-3, seed: int = 0, save_every: int = 200,
                 progress: bool = True) -> Codec:
     """Train a codec on 16 kHz mono clips [(N,) arrays]; writes out_dir/codec.pt every save_every steps.
@@ -568,7 +578,7 @@ def main():
     p = argparse.ArgumentParser(description="Train the codec on the toy world, then score it on held-out clips.")
     p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
     p.add_argument("--preset", default="toy", choices=list(CODEC_PRESETS), help="model size")
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1600, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
     p.add_argument("--crop", type=float, default=1.0, help="seconds per crop")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")

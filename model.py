@@ -119,21 +119,22 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-GEMV_ROWS = 4  # up to this many rows, Linear runs as W @ x.T on CPU
+GEMV_ROWS = 4  # up to this many rows, Linear runs as W @ x.T on CPU,
+GEMV_MIN_SIZE = 1 << 20  # for weights of this many elements or more (small ones: F.linear is faster)
 
 
 class Linear(nn.Linear):
     """nn.Linear without its own init (every weight is set by _init_weights or loaded, and the
     kaiming init it replaces made building a 0.5B model 5x slower), and with a CPU decode path:
-    for a few rows x, W @ x.T runs as BLAS gemv and reads W up to 2x faster than x @ W.T
-    (measured at 2 rows, the CFG batch; bench.py decode)."""
+    for a few rows x and a weight larger than the caches, W @ x.T runs as BLAS gemv and reads
+    W up to 2x faster than x @ W.T (measured at 2 rows, the CFG batch: bench.py decode)."""
 
     def reset_parameters(self):
         pass
 
     def forward(self, x):
         rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS:
+        if x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS or self.weight.numel() < GEMV_MIN_SIZE:
             return F.linear(x, self.weight, self.bias)
         y = (self.weight @ x.reshape(rows, self.in_features).T).T.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias

@@ -249,7 +249,7 @@ class Stream:
         task = self.names[rng.choice(len(self.names), p=self.probs)]
         return self.make(task, self.items[task][rng.integers(len(self.items[task]))], rng.random())
 
-    def batch(self, state, rows, budget, lookahead=16):
+    def batch(self, state, rows, budget, lookahead=64):
         """Best-fit the next samples into `rows` rows of `budget` positions.
         state = (next position, positions deferred earlier); -> (batch, new state). A sample
         that fits nowhere is deferred to the next batch; `lookahead` deferrals close the batch."""
@@ -519,7 +519,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
     p.add_argument("--codec_preset", default="toy", choices=list(codec_lib.CODEC_PRESETS))
-    p.add_argument("--codec_steps", type=int, default=1000)
+    p.add_argument("--codec_steps", type=int, default=1600)
     p.add_argument("--codec_clips", type=int, default=300, help="training clips for the codec")
     p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
     p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")

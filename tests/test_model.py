@@ -11,6 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM  # noqa: E402
 
+import model as model_lib  # noqa: E402
 from model import (AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, doc_segments,  # noqa: E402
                    load_safetensors, packed_mask, save_safetensors)
 
@@ -247,3 +248,21 @@ def test_ualm_streams_and_audio_slots():
             torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="1 audio frames given for 2"):
         u.embed(grid, feats[:1])
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (2, 1, 1000), (4, 1000), (3, 5, 1000)])
+def test_linear_gemv_path_equals_f_linear(shape):
+    """model.Linear takes W @ x.T for a few rows and a large weight (the decode path): the
+    same values and gradients as torch's F.linear."""
+    torch.manual_seed(0)
+    lin = model_lib.Linear(1000, 1100)  # 1.1M elements: over GEMV_MIN_SIZE
+    torch.nn.init.normal_(lin.weight, std=0.02)
+    torch.nn.init.normal_(lin.bias, std=0.02)
+    assert lin.weight.numel() >= model_lib.GEMV_MIN_SIZE
+    x = torch.randn(shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, ref = lin(x), torch.nn.functional.linear(x_ref, lin.weight, lin.bias)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
