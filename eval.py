@@ -6,7 +6,11 @@ manifest, as train.py holds them out).
 
 - adherence: generate audio for held-out captions (CFG), decode it, and let the world's
   analyzer check it against the caption's ground truth (events, order/overlap, counts,
-  pitch); also the CLAP score of each clip with its caption;
+  pitch); also the CLAP score of each clip with its caption, the Frechet distance (FD)
+  between CLAP audio embeddings of the generated and the real clips, and the KL
+  divergence between the event distributions CLAP's frame tagger finds in the real clip
+  and in the one generated for its caption (the paper's FD and KL, with our CLAP in
+  place of PANNs / PaSST);
 - understanding: answer accuracy (exact match) on held-out questions about real clips,
   and keyword accuracy of captions (every true event named, none invented);
 - text: exact-match accuracy on held-out arithmetic problems.
@@ -21,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 import tasks
-from clap import pad_ids
-from data import read_generation, read_text, read_understanding
+from clap import K, pad_ids
+from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
 from sample import decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
 from analyzer import adherence, analyze
@@ -35,10 +39,36 @@ def named_keywords(text):
     return {k for k in KEYWORDS if k in t}
 
 
+def frechet_distance(a, b):
+    """FD between Gaussians fitted to two sets of embeddings (N, d):
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). The trace of the root is the sum of
+    the roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2), which has the same spectrum and
+    is symmetric. e.g. 1-D: (m_a - m_b)^2 + (s_a - s_b)^2."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(sa)
+    root_a = (v * np.sqrt(w.clip(min=0))) @ v.T
+    cross = np.sqrt(np.linalg.eigvalsh(root_a @ sb @ root_a).clip(min=0)).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * cross)
+
+
+def event_distribution(rt, wav):
+    """CLAP's frame tagger -> which events a clip holds, as a distribution over the world's
+    keywords: the mean over frames of each 'active' tag's probability, normalised."""
+    feats, _ = rt.clap.hear([wav])
+    p = torch.sigmoid(rt.clap.tagger(feats[0]))[:, :K].mean(0) + 1e-6
+    return (p / p.sum()).double()
+
+
+def kl(p, q):
+    """KL(p || q) of two distributions: ([0.5, 0.5], [0.9, 0.1]) -> 0.511."""
+    return float((p * (p / q).log()).sum())
+
+
 @torch.no_grad()
 def eval_generation(rt, rows, cfg_scale, seed):
     g = torch.Generator().manual_seed(seed)
-    scores, claps = [], []
+    scores, claps, made, real, kls = [], [], [], [], []
     for r in tqdm(rows, desc="generation"):
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], rt.tok, rt.model.cfg, AUDIO)
         codes = generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(r["duration"] * 50) + 100,
@@ -49,8 +79,15 @@ def eval_generation(rt, rows, cfg_scale, seed):
         wav = rt.codec.decode(codes[None].long())[0]
         scores.append(adherence(analyze(wav.numpy()), r["events"]))
         claps.append(float(rt.clap.score([wav], pad_ids([rt.tok.encode(r["caption"])], rt.tok.vocab_size))[0]))
+        ref = torch.from_numpy(load_audio(r["location"], sr=16000, mono=True))
+        for w, out in ((wav, made), (ref, real)):
+            feats, lengths = rt.clap.hear([w])
+            out.append(rt.clap.audio_embed(feats, lengths)[0].numpy())
+        kls.append(kl(event_distribution(rt, ref), event_distribution(rt, wav)))
     out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
     out["clap"] = float(np.mean(claps)) if claps else 0.0
+    out["fd"] = frechet_distance(made, real) if len(made) > 1 else float("nan")
+    out["kl"] = float(np.mean(kls)) if kls else float("nan")
     return out
 
 
@@ -104,7 +141,7 @@ def main():
     g = eval_generation(rt, gen[:args.n_gen], args.cfg, args.seed)
     print(f"generation (cfg {args.cfg}, {args.n_gen} captions): adherence score {100 * g['score']:.1f}% (events "
           f"{100 * g['events']:.1f}%, layout {100 * g['layout']:.1f}%, counts {100 * g['counts']:.1f}%, pitch "
-          f"{100 * g['pitch']:.1f}%), CLAP {g['clap']:.3f}")
+          f"{100 * g['pitch']:.1f}%), CLAP {g['clap']:.3f}, FD {g['fd']:.3f}, KL {g['kl']:.3f}")
     u = eval_understanding(rt, und[:args.n_questions])
     print(f"understanding: answer accuracy {100 * u['answer_accuracy']:.1f}% ({u['n_questions']} questions), "
           f"caption keyword accuracy {100 * u['keyword_accuracy']:.1f}% ({u['n_captions']} captions)")
