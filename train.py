@@ -231,6 +231,7 @@ class Stream:
 
     def __init__(self, items, mixture, cache, tok, cfg, seed, cfg_dropout_p=0.05, n_probe=32):
         self.items, self.cache, self.tok, self.cfg, self.seed = items, cache, tok, cfg, seed
+        self.deferred = {}  # i -> sample i, built once while it waits for a row with room
         self.names, self.p_cfg = sorted(mixture), cfg_dropout_p
         # token shares -> sample probabilities: divide by each task's mean length
         mean = [np.mean([len(self.make(n, items[n][j % len(items[n])], 0)) for j in range(n_probe)])
@@ -260,12 +261,13 @@ class Stream:
                 i, pending = pending[0], pending[1:]
             else:
                 i, pos = pos, pos + 1
-            s = self.sample(i)
+            s = self.deferred.pop(i) if i in self.deferred else self.sample(i)
             if len(s) > budget:
                 raise ValueError(f"sample {i} has {len(s)} rows, over --budget {budget}; raise --budget")
             fits = [b for b in range(rows) if room[b] >= len(s)]
             if not fits:
                 deferred.append(i)
+                self.deferred[i] = s
                 continue
             b = min(fits, key=room.__getitem__)
             bins[b].append(len(samples))
