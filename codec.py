@@ -391,39 +391,49 @@ class Codec(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, config: CodecConfig | None = None) -> "Codec":
         """Load a codec saved by save_checkpoint; with `config`, also check it equals the saved one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no codec checkpoint there; train one with "
-                                    "`python codec.py --out DIR` or fix the path.")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            saved = CodecConfig(**ckpt["config"])
-            state = ckpt["model"]
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable codec checkpoint ({type(e).__name__}); "
-                             "it may be truncated, retrain or re-copy it.") from None
-        if config is not None and config != saved:
-            diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(CodecConfig)
-                    if getattr(saved, f.name) != getattr(config, f.name)}
-            raise ValueError(f"{path}: saved config differs from the requested one ({{field: (saved, "
-                             f"requested)}}: {diff}); load without a config or retrain.")
-        codec = cls(saved)
-        try:
-            codec.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
-                             "edited or mixed up, retrain it.") from None
-        return codec.eval()
+        return load_module(cls, CodecConfig, path, config, "codec", "python codec.py --out DIR")
 
 
-def save_checkpoint(path, codec: Codec, step: int) -> None:
-    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path."""
+def save_checkpoint(path, model: nn.Module, step: int) -> None:
+    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path.
+    (The codec's and the VAE's; `model.config` is their dataclass.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": asdict(codec.config), "model": codec.state_dict(), "step": step}, tmp)
+    torch.save({"config": asdict(model.config), "model": model.state_dict(), "step": step}, tmp)
     os.replace(tmp, path)
+
+
+def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module:
+    """The model saved by save_checkpoint at path, in eval mode, or one clear error: the file
+    missing, unreadable (truncated), another model's, saved with a config other than
+    `config` (when given), or holding weights that do not fit its own config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {name} checkpoint there; train one with `{how}` or fix the path.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable {name} checkpoint ({type(e).__name__}); it may be truncated, "
+                         "retrain or re-copy it.") from None
+    try:
+        saved, state = config_cls(**ckpt["config"]), ckpt["model"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a {name} checkpoint (another model's?); pass the one `{how}` "
+                         "wrote.") from None
+    if config is not None and config != saved:
+        diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(config_cls)
+                if getattr(saved, f.name) != getattr(config, f.name)}
+        raise ValueError(f"{path}: saved config differs from the requested one ({{field: (saved, "
+                         f"requested)}}: {diff}); load without a config or retrain.")
+    model = cls(saved)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
+                         "edited or mixed up, retrain it.") from None
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,10 +441,10 @@ def save_checkpoint(path, codec: Codec, step: int) -> None:
 
 
 @lru_cache(maxsize=None)
-def mel_bank(n_fft: int, n_mels: int) -> torch.Tensor:
-    """Triangular filters on the Slaney mel scale (peak 1): (1024, 80) -> [80, 513]."""
-    fft_hz = torch.linspace(0, SAMPLE_RATE / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(torch.linspace(0, float(hz_to_mel(torch.tensor(SAMPLE_RATE / 2.0))), n_mels + 2))
+def mel_bank(n_fft: int, n_mels: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Triangular filters on the Slaney mel scale (peak 1) up to Nyquist: (1024, 80) -> [80, 513]."""
+    fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(torch.linspace(0, float(hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     return torch.minimum((fft_hz - lo) / (mid - lo), (hi - fft_hz) / (hi - mid)).clamp(min=0)
 

@@ -40,10 +40,8 @@ measure what it adds.
 """
 
 import argparse
-import os
 import time
-from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from codec import Codec, learning_rate, magnitude
+from codec import Codec, learning_rate, load_module, magnitude, mel_bank, save_checkpoint
 from data import make_example, resample
-from encoder import hz_to_mel, mel_to_hz
 from world import LM_SR, MASTER_SR
 
 # ---------------------------------------------------------------------------------------
@@ -110,19 +107,10 @@ def upsample(mono16k: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(up).to(mono16k.device)
 
 
-@lru_cache(maxsize=None)
-def mel_bank(n_fft: int, n_mels: int) -> torch.Tensor:
-    """codec.mel_bank's filters (Slaney scale, peak 1), spanning 0..24 kHz: (2048, 128) -> [128, 1025]."""
-    fft_hz = torch.linspace(0, MASTER_SR / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(torch.linspace(0, float(hz_to_mel(torch.tensor(MASTER_SR / 2.0))), n_mels + 2))
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    return torch.minimum((fft_hz - lo) / (mid - lo), (hi - fft_hz) / (hi - mid)).clamp(min=0)
-
-
 def log_mel(mag: torch.Tensor, n_mels: int) -> torch.Tensor:
     """|STFT| at 48 kHz [..., F, frames] -> log10 mel magnitudes [..., n_mels, frames]."""
     n_fft = 2 * (mag.shape[-2] - 1)
-    return (mel_bank(n_fft, n_mels).to(mag.device) @ mag).clamp(min=LOG_FLOOR).log10()
+    return (mel_bank(n_fft, n_mels, MASTER_SR).to(mag.device) @ mag).clamp(min=LOG_FLOOR).log10()
 
 
 def mel_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -228,43 +216,7 @@ class EnhanceVAE(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, config: VAEConfig | None = None) -> "EnhanceVAE":
         """Load a VAE saved by save_checkpoint; with `config`, also check it equals the saved one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no VAE checkpoint there; train one with "
-                                    "`python vae.py --out DIR` or fix the path.")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); it may be truncated, "
-                             "retrain or re-copy it.") from None
-        try:
-            saved = VAEConfig(**ckpt["config"])
-            state = ckpt["model"]
-        except (KeyError, TypeError):
-            raise ValueError(f"{path}: not an enhancement VAE checkpoint (another model's?); pass the vae.pt "
-                             "that vae.py wrote.") from None
-        if config is not None and config != saved:
-            diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(VAEConfig)
-                    if getattr(saved, f.name) != getattr(config, f.name)}
-            raise ValueError(f"{path}: saved config differs from the requested one ({{field: (saved, "
-                             f"requested)}}: {diff}); load without a config or retrain.")
-        vae = cls(saved)
-        try:
-            vae.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
-                             "edited or mixed up, retrain it.") from None
-        return vae.eval()
-
-
-def save_checkpoint(path, vae: EnhanceVAE, step: int) -> None:
-    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": asdict(vae.config), "model": vae.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)
+        return load_module(cls, VAEConfig, path, config, "VAE", "python vae.py --out DIR")
 
 
 # ---------------------------------------------------------------------------------------

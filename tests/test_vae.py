@@ -105,7 +105,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="config differs"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "vae.pt", V.VAE_PRESETS["toy"])
     torch.save({"config": {"encoder_channels": 2}, "model": {}}, tmp_path / "other.pt")  # e.g. a codec's
-    with pytest.raises(ValueError, match="not an enhancement VAE"):
+    with pytest.raises(ValueError, match="not a VAE checkpoint"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "other.pt")
     ckpt = torch.load(tmp_path / "vae.pt", weights_only=True)
     ckpt["config"]["channels"] = 24  # weights no longer fit the config
