@@ -42,9 +42,8 @@ by spectral analysis. The LM sees the tokens through the delay pattern (`delay_p
 
 import argparse
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from checkpoint import load_module, save_checkpoint  # noqa: F401 (save_checkpoint is re-exported)
 from encoder import hz_to_mel, log_mel_spectrogram, mel_to_hz
 from analyzer import adherence, analyze
 
@@ -392,48 +392,6 @@ class Codec(nn.Module):
     def from_checkpoint(cls, path, config: CodecConfig | None = None) -> "Codec":
         """Load a codec saved by save_checkpoint; with `config`, also check it equals the saved one."""
         return load_module(cls, CodecConfig, path, config, "codec", "python codec.py --out DIR")
-
-
-def save_checkpoint(path, model: nn.Module, step: int) -> None:
-    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path.
-    (The codec's and the VAE's; `model.config` is their dataclass.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": asdict(model.config), "model": model.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)
-
-
-def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module:
-    """The model saved by save_checkpoint at path, in eval mode, or one clear error: the file
-    missing, unreadable (truncated), another model's, saved with a config other than
-    `config` (when given), or holding weights that do not fit its own config."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {name} checkpoint there; train one with `{how}` or fix the path.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable {name} checkpoint ({type(e).__name__}); it may be truncated, "
-                         "retrain or re-copy it.") from None
-    try:
-        saved, state = config_cls(**ckpt["config"]), ckpt["model"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{path}: not a {name} checkpoint (another model's?); pass the one `{how}` "
-                         "wrote.") from None
-    if config is not None and config != saved:
-        diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(config_cls)
-                if getattr(saved, f.name) != getattr(config, f.name)}
-        raise ValueError(f"{path}: saved config differs from the requested one ({{field: (saved, "
-                         f"requested)}}: {diff}); load without a config or retrain.")
-    model = cls(saved)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
-                         "edited or mixed up, retrain it.") from None
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------

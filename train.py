@@ -20,7 +20,6 @@ under torchrun it trains with DDP, or FSDP2 with --fsdp.
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -279,11 +278,7 @@ class Stream:
 # ----------------------------------------------------------------------------- the loop
 
 
-def lr_at(step, steps, peak, warmup):
-    """Linear warmup, then cosine to 10% of peak. e.g. lr_at(0, 100, 1e-3, 10) = 1e-4."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+lr_at = codec_lib.learning_rate  # linear warmup, then cosine to 10% of peak; every model uses it
 
 
 def lm_model(args, tok, audio_dim):

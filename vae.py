@@ -50,7 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from codec import Codec, learning_rate, load_module, magnitude, mel_bank, save_checkpoint
+from checkpoint import load_module, save_checkpoint
+from codec import Codec, learning_rate, magnitude, mel_bank
 from data import make_example, resample
 from world import LM_SR, MASTER_SR
 
