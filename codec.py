@@ -28,7 +28,7 @@ semantic reconstruction (MSE); no waveform is made during training. The shape lo
 KL divergence between each frame's power spectrum and the predicted one, both normalised
 to sum to 1 over frequency: its gradient (predicted - true share of the frame's power) is
 large exactly at the tonal peaks, which the log-domain losses, ruled by the many quiet
-bins, leave blurred and 20-30 dB low. With it the analyzer found 47.5% of the events,
+bins, leave blurred and 15-35 dB low. With it the analyzer found 47.5% of the events,
 order, counts and pitches in held-out reconstructions instead of 26.5% (800 steps each),
 and 57.5% after 1600 steps. The codebooks are not trained by gradients: each
 starts as k-means of the first batch's residuals, follows its assigned vectors by an
