@@ -37,7 +37,7 @@ residual of the batch. The adversarial term of X-codec (and of DAC/EnCodec) is l
 it buys perceptual crispness after days of GPU training, whereas the toy world is scored
 by spectral analysis. The LM sees the tokens through the delay pattern (`delay_pattern`).
 
-    python codec.py --out runs/codec     # toy preset: 1600 steps, ~8 min on a CPU core, then scores
+    python codec.py --out runs/codec     # toy preset: 1600 steps, ~9 min on one CPU core, then scores
 """
 
 import argparse
