@@ -204,6 +204,7 @@ def bench_train(preset="tiny", rows=4, budget=1024, steps=5):
 def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0):
     """Seconds of 48 kHz stereo audio made per second of wall time (the real-time factor),
     CFG 3 at batch 1 (2 rows), from the toy checkpoint of `train.py --stage all`."""
+    from codec import FRAME_RATE
     from sample import generate_audio, load_runtime, prefix
     from model import AUDIO
     from tasks import TTA_PROMPT
@@ -218,14 +219,14 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0):
             x, _ = prefix([{"role": "user", "text": TTA_PROMPT + captions[i % len(captions)]}], rt.tok,
                           rt.model.cfg, AUDIO)
             t0 = time.perf_counter()
-            codes = generate_audio(rt.model, x, cfg_scale=3.0, max_frames=int(seconds * 50), generator=g)[0]
+            codes = generate_audio(rt.model, x, cfg_scale=3.0, max_frames=int(seconds * FRAME_RATE), generator=g)[0]
             t1 = time.perf_counter()
             wav = rt.codec.decode(codes[None])
             t2 = time.perf_counter()
             rt.vae(wav)
             t3 = time.perf_counter()
             t["LM"], t["codec"], t["VAE"] = t["LM"] + t1 - t0, t["codec"] + t2 - t1, t["VAE"] + t3 - t2
-            made += codes.shape[1] / 50
+            made += codes.shape[1] / FRAME_RATE
     total = sum(t.values())
     print(f"sample {ckpt}: {prompts} prompts, CFG 3, {made:.1f} s of audio ({torch.get_num_threads()} threads)")
     print(f"  {made / total:.2f}x real time (goal >= 5x); " + ", ".join(
