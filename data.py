@@ -152,7 +152,7 @@ def write_dataset(out, n, seed=0, workers=1):
     for sub in ("audio", "audio48k", "flawed"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(seed, i, out) for i in range(n)]
-    with Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else _Serial() as pool:
+    with Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else SerialPool() as pool:
         records = list(tqdm(pool.imap(_write_clip, jobs, chunksize=8), total=n, desc="clips"))
     with open(out / "generation.jsonl", "w") as f:
         f.writelines(json.dumps(gen) + "\n" for gen, _, _, _ in records)
@@ -165,7 +165,7 @@ def write_dataset(out, n, seed=0, workers=1):
     return out
 
 
-class _Serial:
+class SerialPool:
     """Stands in for a Pool when workers=1 (easier to debug, no process start-up)."""
     def __enter__(self):
         return self

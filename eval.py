@@ -3,6 +3,7 @@ The toy world's metrics for a trained UALM, on held-out clips (the last --n_eval
 manifest, as train.py holds them out).
 
     python eval.py --ckpt runs/sft.pt
+    python eval.py --replicate          # the paper's comparisons on runs/: -> runs/replication.md
 
 - adherence: generate audio for held-out captions (CFG), decode it, and let the world's
   analyzer check it against the caption's ground truth (events, order/overlap, counts,
@@ -18,12 +19,15 @@ manifest, as train.py holds them out).
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import reason
 import tasks
 from clap import K, pad_ids
 from data import load_audio, read_generation, read_text, read_understanding
@@ -65,14 +69,36 @@ def kl(p, q):
     return float((p * (p / q).log()).sum())
 
 
+METHODS = ("direct", "enrich", "reflect")  # how the audio is made from the prompt (see make_audio)
+REFLECT_ROUNDS = 2
+
+
+def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
+    """One clip for a prompt -> codes (8, T) (T may be 0). direct: the text-to-audio template;
+    enrich: reason.enrich (rich caption, then audio); reflect: reason.reflect with
+    REFLECT_ROUNDS rounds, its last audio."""
+    if method == "direct":
+        x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + prompt}], rt.tok, rt.model.cfg, AUDIO)
+        return generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(max_seconds * 50),
+                              generator=generator)[0]
+    with tempfile.TemporaryDirectory() as d:
+        s = reason.Settings(out=d, cfg=cfg_scale, max_seconds=max_seconds, vae=False, seed=seed, echo=False)
+        try:
+            steps = (reason.enrich(rt, prompt, s) if method == "enrich"
+                     else reason.reflect(rt, prompt, REFLECT_ROUNDS, s))
+        except ValueError:  # the model ended an audio segment before its first frame
+            return torch.zeros(8, 0, dtype=torch.long)
+    return [st for st in steps if st["kind"] == "audio" and st["role"] == "assistant"][-1]["codes"]
+
+
 @torch.no_grad()
-def eval_generation(rt, rows, cfg_scale, seed):
+def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="caption"):
+    """Generate for each held-out row's prompt (its caption, or its vague prompt) and score
+    the clip against the row's ground truth: adherence, CLAP (with the caption), FD, KL."""
     g = torch.Generator().manual_seed(seed)
     scores, claps, made, real, kls = [], [], [], [], []
-    for r in tqdm(rows, desc="generation"):
-        x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], rt.tok, rt.model.cfg, AUDIO)
-        codes = generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(r["duration"] * 50) + 100,
-                               generator=g)[0]
+    for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
+        codes = make_audio(rt, r[prompt_key], method, cfg_scale, r["duration"] + 2, g, seed + i)
         if codes.shape[1] == 0:
             scores.append({"events": 0.0, "layout": 0.0, "counts": 0.0, "pitch": 0.0, "score": 0.0})
             continue
@@ -118,9 +144,65 @@ def eval_text(rt, items):
     return {"accuracy": float(np.mean(right))}
 
 
+def pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def replicate(args, gen, und, txt):
+    """The paper's comparisons on the checkpoints in the folder of --ckpt, one seed each:
+    -> a markdown report, printed and written to that folder's replication.md."""
+    runs = os.path.dirname(os.path.abspath(args.ckpt))
+    if not os.path.isfile(os.path.join(runs, "und.pt")):
+        print("training the understanding-only model first: python train.py --stage und")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
+                        "--stage", "und", "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval),
+                        "--seed", str(args.seed)], check=True)  # its own errors are printed; we then stop
+    rts = {}
+
+    def rt(name):
+        if name not in rts:
+            rts[name] = load_runtime(os.path.join(runs, f"{name}.pt"), need_vae=False)
+        return rts[name]
+    rows = gen[:args.n_gen]
+    out = [f"Held-out clips of `{args.data}`, seed {args.seed}, one seed per cell; {len(rows)} captions, "
+           f"{len(und[:args.n_questions])} understanding items, {len(txt)} arithmetic problems.", "",
+           "| model | checkpoint | CFG | adherence | events | layout | counts | pitch | CLAP | FD | KL |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
+                             ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
+                             ("UALM-Reason + DPO", "dpo", 3.0)]:
+        g = eval_generation(rt(name), rows, cfg, args.seed)
+        out.append(f"| {label} | {name}.pt | {cfg:g} | {pct(g['score'])} | {pct(g['events'])} | {pct(g['layout'])} "
+                   f"| {pct(g['counts'])} | {pct(g['pitch'])} | {g['clap']:.3f} | {g['fd']:.3f} | {g['kl']:.3f} |")
+        print(out[-1])
+    out += ["", "| model | checkpoint | answers | caption keywords | arithmetic |", "|---|---|---|---|---|"]
+    for label, name in [("understanding only", "und"), ("UALM (unified)", "pretrain"),
+                        ("UALM-Reason (after SFT)", "sft"), ("UALM-Reason + DPO", "dpo")]:
+        u = eval_understanding(rt(name), und[:args.n_questions])
+        t = pct(eval_text(rt(name), txt)["accuracy"]) if name != "und" else "(no text training)"
+        out.append(f"| {label} | {name}.pt | {pct(u['answer_accuracy'])} | {pct(u['keyword_accuracy'])} | {t} |")
+        print(out[-1])
+    out += ["", "| prompt | how (sft.pt, CFG 3) | adherence | events | layout | counts | pitch | CLAP |",
+            "|---|---|---|---|---|---|---|---|"]
+    for prompt_key, method in [("vague_prompt", "direct"), ("vague_prompt", "enrich"), ("caption", "direct"),
+                               ("caption", "reflect")]:
+        g = eval_generation(rt("sft"), rows, 3.0, args.seed, method, prompt_key)
+        how = f"reflect, up to {REFLECT_ROUNDS} rounds" if method == "reflect" else method
+        out.append(f"| {prompt_key.replace('_', ' ')} | {how} | {pct(g['score'])} | {pct(g['events'])} "
+                   f"| {pct(g['layout'])} | {pct(g['counts'])} | {pct(g['pitch'])} | {g['clap']:.3f} |")
+        print(out[-1])
+    with open(os.path.join(runs, "replication.md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("\n".join(out))
+    print(f"-> {os.path.join(runs, 'replication.md')}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="runs/sft.pt")
+    p.add_argument("--ckpt", default="runs/sft.pt", help="with --replicate: any checkpoint of the runs folder")
+    p.add_argument("--replicate", action="store_true",
+                   help="the paper's comparisons on every checkpoint of the folder (trains the understanding-only "
+                        "model first if it is missing) -> replication.md there")
     p.add_argument("--data", default="toy")
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest (as train.py)")
     p.add_argument("--n_gen", type=int, default=20, help="held-out captions to generate")
@@ -129,13 +211,18 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     try:
-        rt = load_runtime(args.ckpt, need_vae=False)
         gen = read_generation(os.path.join(args.data, "generation.jsonl"))[-args.n_eval:]
         held = {r["location"] for r in gen}
         und = [i for i in read_understanding(os.path.join(args.data, "understanding.json")) if i["sound"] in held]
         txt = read_text(os.path.join(args.data, "text.jsonl"))[-args.n_eval:]
+        if args.replicate:
+            torch.manual_seed(args.seed)
+            return replicate(args, gen, und, txt)
+        rt = load_runtime(args.ckpt, need_vae=False)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
+    except subprocess.CalledProcessError:
+        fail("training the understanding-only model failed (its error is above); fix that, then rerun")
     torch.manual_seed(args.seed)
     print(f"{args.ckpt} on held-out clips of {args.data}")
     g = eval_generation(rt, gen[:args.n_gen], args.cfg, args.seed)

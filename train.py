@@ -11,6 +11,7 @@ Train every part of UALM on the toy world (or on real data in the same manifest 
     python train.py --stage sft                # + enrichment, dialogue, self-reflection
     python train.py --stage dpo                # preference pairs of its own samples, CLAP-ranked
     python train.py --stage all                # all of the above in order (makes the world if needed)
+    python train.py --stage und                # an understanding-only LM, for eval.py --replicate
 
 Each stage reads the manifests in --data, writes its checkpoint into --out atomically
 and prints its evaluation on held-out clips (the last --n_eval clips of the manifest).
@@ -25,6 +26,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from multiprocessing import Pool
 
 import numpy as np
 import torch
@@ -39,19 +41,21 @@ import codec as codec_lib
 import tasks
 import vae as vae_lib
 from clap import Clap, ClapConfig, frame_tags, pad_ids
-from data import load_audio, read_generation, read_reflection, read_text, read_understanding
+from data import SerialPool, load_audio, read_generation, read_reflection, read_text, read_understanding
 from model import N_SPECIAL, PRESETS, UALM, UALMConfig
 from sequences import FRAME, TOKEN, build, cfg_dropout, collate, loss_sums
 from tokenizer import QwenTokenizer, SPTokenizer
 
 STAGES = ["codec", "vae", "clap", "gen", "align", "pretrain", "sft", "dpo"]
-LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain"}  # stage: the one it starts from
+LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain",  # stage: the one it starts from
+             "und": None}  # the understanding-only specialist of the replication table, not in --stage all
 # token shares of each stage's mixture (pretrain: SPEC.md section 5, by tokens)
 MIXTURES = {
     "gen": {"tta": 1.0},
     "align": {"understand": 1.0},
     "pretrain": {"understand": 0.392, "tta": 0.331, "text": 0.277},
     "sft": {"enrich": 0.2, "dialogue": 0.15, "reflect": 0.15, "understand": 0.2, "tta": 0.17, "text": 0.13},
+    "und": {"understand": 1.0},
 }
 CFG_TASKS = ("tta", "enrich", "dialogue")  # tasks whose audio also trains the unconditional branch
 
@@ -205,21 +209,38 @@ def lm_data(args):
             "text": (txt[:-args.n_eval], txt[-args.n_eval:]), "reflect": split(refl, "reference")}
 
 
+_EARS = {}  # in each cache worker: the codec and the CLAP audio tower
+
+
+def _load_ears(out, one_thread=True):
+    if one_thread:  # one process per core beats two threads on these small convs
+        torch.set_num_threads(1)
+    _EARS["codec"] = codec_lib.Codec.from_checkpoint(os.path.join(out, "codec.pt"))
+    _EARS["clap"] = Clap.from_checkpoint(load_ckpt(os.path.join(out, "clap.pt"), "clap"))
+
+
+@torch.no_grad()
+def _cache_clip(path):
+    """One clip -> (path, codec codes (8, T) int16, encoder frames (T25, d) fp16)."""
+    x = torch.from_numpy(load_audio(path))
+    return path, _EARS["codec"].encode(x[None])[0].short(), _EARS["clap"].hear([x])[0][0].half()
+
+
 def audio_cache(args, data):
-    """Codec codes and encoder frames of every clip, computed once: runs/cache.pt."""
+    """Codec codes and encoder frames of every clip, computed once (one process per core): runs/cache.pt."""
     path = os.path.join(args.out, "cache.pt")
     if os.path.isfile(path):
         return torch.load(path)
-    codec = codec_lib.Codec.from_checkpoint(os.path.join(args.out, "codec.pt"))
-    clap = Clap.from_checkpoint(load_ckpt(os.path.join(args.out, "clap.pt"), "clap"))
     paths = sorted({r["location"] for r in data["tta"][0] + data["tta"][1]}
                    | {r["location"] for part in data["reflect"] for r in part})
     cache = {"codes": {}, "feats": {}}
-    with torch.no_grad():
-        for p in tqdm(paths, desc="caching codec codes and encoder frames"):
-            x = torch.from_numpy(load_audio(p))
-            cache["codes"][p] = codec.encode(x[None])[0].short()  # (8, T)
-            cache["feats"][p] = clap.hear([x])[0][0].half()  # (T25, d)
+    workers = min(os.cpu_count() or 1, 8)
+    with Pool(workers, initializer=_load_ears, initargs=(args.out,)) if workers > 1 else SerialPool() as pool:
+        if workers == 1:
+            _load_ears(args.out, one_thread=False)
+        for p, codes, feats in tqdm(pool.imap(_cache_clip, paths, chunksize=16), total=len(paths),
+                                    desc="caching codec codes and encoder frames"):
+            cache["codes"][p], cache["feats"][p] = codes, feats
     save_atomic(cache, path)
     return cache
 
@@ -500,7 +521,8 @@ def stage_all(args):
     print(f"{'total':10s} {sum(s for _, s in table) / 60:7.1f}")
 
 
-STAGE_STEPS = {"gen": 300, "align": 100, "pretrain": 300, "sft": 200}
+# und: about the understanding steps UALM gets (align 100 + 39% of pretrain + 20% of sft)
+STAGE_STEPS = {"gen": 300, "align": 100, "pretrain": 450, "sft": 300, "und": 340}
 
 
 STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": stage_dpo,
@@ -509,14 +531,15 @@ STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--stage", required=True, choices=STAGES + ["all"])
+    p.add_argument("--stage", required=True, choices=STAGES + ["und", "all"],
+                   help="und: an understanding-only LM from scratch (eval.py --replicate compares it with UALM)")
     p.add_argument("--n_clips", type=int, default=2000, help="--stage all: clips of the toy world to make if --data is empty")
     p.add_argument("--data", default="toy", help="folder written by data.py (or real data in its formats)")
     p.add_argument("--out", default="runs", help="folder for checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
     p.add_argument("--codec_preset", default="toy", choices=list(codec_lib.CODEC_PRESETS))
-    p.add_argument("--codec_steps", type=int, default=1600)
+    p.add_argument("--codec_steps", type=int, default=3200)
     p.add_argument("--codec_clips", type=int, default=300, help="training clips for the codec")
     p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
     p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")

@@ -81,7 +81,7 @@ class VAEConfig:
     kl_weight: float = 1e-3  # "small KL": keeps the latent near N(0, I) without blurring it
     stft_weight: float = 1.0
     mel_weight: float = 1.0
-    steps: int = 300  # optimizer steps of train_vae: ~1.1 s each on 2 CPU cores shared with other jobs
+    steps: int = 300  # optimizer steps of train_vae: ~0.3 s each on 2 CPU cores
     batch_size: int = 8  # crops per step
     crop_seconds: float = 0.5  # seconds per crop: longer than the room's 0.3 s tails
     lr: float = 5e-3  # peak AdamW learning rate: high, since log magnitudes must travel ~10 nepers
