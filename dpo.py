@@ -18,6 +18,7 @@ from tqdm import tqdm
 import codec as codec_lib
 import tasks
 from clap import Clap, pad_ids
+from encoder import MIN_SAMPLES
 from model import AUDIO, UALM, UALMConfig
 from sample import generate_audio, prefix
 from sequences import build, collate, row_logp
@@ -37,7 +38,7 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
     for r in tqdm(rows[:args.dpo_prompts], desc="dpo: sampling and ranking"):
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], tok, policy.cfg, AUDIO)
         codes = generate_audio(policy, x, n=args.dpo_samples, max_frames=int(r["duration"] * 50) + 50, generator=g)
-        codes = [c for c in codes if c.shape[1] > 0]
+        codes = [c for c in codes if c.shape[1] * codec_lib.HOP >= MIN_SAMPLES]  # CLAP hears 30 ms or more
         if len(codes) < 2:
             continue
         waves = [codec.decode(c[None].long())[0] for c in codes]

@@ -158,6 +158,13 @@ def test_reflect_stops_at_no_problem_or_after_all_rounds(monkeypatch, rt, settin
         reason.reflect(rt, "A bell.", 0, settings)
 
 
+def test_reflect_on_a_clip_too_short_to_hear_says_so(monkeypatch, rt, settings):
+    """One frame (20 ms) is under the encoder's 30 ms: a clear error, not the encoder's."""
+    Scripted(monkeypatch, ["plan"], [clip(4, T=1)])
+    with pytest.raises(ValueError, match="1 frame\\(s\\) long, too short to hear"):
+        reason.reflect(rt, "A bell.", 2, settings)
+
+
 def test_scripted_answers_then_the_terminal(monkeypatch):
     reply = reason.replies("bell and drum|one after the other|a low bell; two drum hits")
     assert [reply("?") for _ in range(3)] == ["bell and drum", "one after the other", "a low bell; two drum hits"]
