@@ -49,6 +49,20 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
     return pairs
 
 
+@torch.no_grad()
+def pair_ce(model, pairs, tok):
+    """Mean cross-entropy per frame of the winners and of the losers: -> (winners, losers)."""
+    model.eval()
+    ce = {0: [], 1: []}
+    for caption, win, lose, _ in pairs:
+        user = {"role": "user", "text": tasks.TTA_PROMPT + caption}
+        for k, codes in enumerate((win, lose)):
+            s = build([user, {"role": "assistant", "codes": codes}], tok.encode, model.cfg)
+            batch = collate([s], [[0]], len(s))
+            ce[k].append(float(-row_logp(model, batch)[0]) / n_loss_positions(batch))
+    return float(np.mean(ce[0])), float(np.mean(ce[1]))
+
+
 def train_dpo(args):
     """DPO on the model's own samples (paper section 7): a frozen reference, a CE warm-up on
     the winners, then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) + CE on winners."""
@@ -93,3 +107,6 @@ def train_dpo(args):
     save_atomic({"model": policy.state_dict(), "config": asdict(policy.cfg), "args": vars(args), "log": log},
                 os.path.join(args.out, "dpo.pt"))
     print(f"dpo: {len(pairs)} pairs, mean reward gap {np.mean([p[3] for p in pairs]):.3f} -> {args.out}/dpo.pt")
+    (w0, l0), (w1, l1) = pair_ce(reference, pairs, tok), pair_ce(policy, pairs, tok)
+    print(f"dpo: cross-entropy per frame on the pairs, before -> after: winners {w0:.3f} -> {w1:.3f}, "
+          f"losers {l0:.3f} -> {l1:.3f}")
