@@ -18,9 +18,8 @@ from tqdm import tqdm
 import codec as codec_lib
 import tasks
 from clap import Clap, pad_ids
-from encoder import MIN_SAMPLES
 from model import AUDIO, UALM, UALMConfig
-from sample import generate_audio, prefix
+from sample import audible, generate_audio, prefix
 from sequences import build, collate, row_logp
 from train import fail, get_tokenizer, lm_data, load_ckpt, lr_at, n_loss_positions, save_atomic
 
@@ -38,7 +37,7 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
     for r in tqdm(rows[:args.dpo_prompts], desc="dpo: sampling and ranking"):
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], tok, policy.cfg, AUDIO)
         codes = generate_audio(policy, x, n=args.dpo_samples, max_frames=int(r["duration"] * 50) + 50, generator=g)
-        codes = [c for c in codes if c.shape[1] * codec_lib.HOP >= MIN_SAMPLES]  # CLAP hears 30 ms or more
+        codes = [c for c in codes if audible(c)]  # CLAP hears 30 ms or more
         if len(codes) < 2:
             continue
         waves = [codec.decode(c[None].long())[0] for c in codes]
@@ -49,15 +48,19 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
     return pairs
 
 
+def pair_samples(caption, win, lose, tok, cfg):
+    """A preference pair as two training samples: the text-to-audio request, then each clip."""
+    user = {"role": "user", "text": tasks.TTA_PROMPT + caption}
+    return [build([user, {"role": "assistant", "codes": c}], tok.encode, cfg) for c in (win, lose)]
+
+
 @torch.no_grad()
 def pair_ce(model, pairs, tok):
     """Mean cross-entropy per frame of the winners and of the losers: -> (winners, losers)."""
     model.eval()
     ce = {0: [], 1: []}
     for caption, win, lose, _ in pairs:
-        user = {"role": "user", "text": tasks.TTA_PROMPT + caption}
-        for k, codes in enumerate((win, lose)):
-            s = build([user, {"role": "assistant", "codes": codes}], tok.encode, model.cfg)
+        for k, s in enumerate(pair_samples(caption, win, lose, tok, model.cfg)):
             batch = collate([s], [[0]], len(s))
             ce[k].append(float(-row_logp(model, batch)[0]) / n_loss_positions(batch))
     return float(np.mean(ce[0])), float(np.mean(ce[1]))
@@ -87,8 +90,7 @@ def train_dpo(args):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.dpo_steps, args.dpo_lr, warmup=10)
         caption, win, lose, _ = pairs[g.integers(len(pairs))]
-        user = {"role": "user", "text": tasks.TTA_PROMPT + caption}
-        s = [build([user, {"role": "assistant", "codes": c}], tok.encode, policy.cfg) for c in (win, lose)]
+        s = pair_samples(caption, win, lose, tok, policy.cfg)
         batch = collate(s, [[0], [1]], max(len(x) for x in s))
         pi = row_logp(policy, batch)
         with torch.no_grad():

@@ -30,11 +30,9 @@ from tqdm import tqdm
 import reason
 import tasks
 from clap import K, pad_ids
-from codec import HOP
 from data import load_audio, read_generation, read_text, read_understanding
-from encoder import MIN_SAMPLES
 from model import AUDIO, TEXT
-from sample import decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
+from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
 from analyzer import adherence, analyze
 from world import KEYWORDS
 
@@ -101,7 +99,7 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     scores, claps, made, real, kls = [], [], [], [], []
     for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
         codes = make_audio(rt, r[prompt_key], method, cfg_scale, r["duration"] + 2, g, seed + i)
-        if codes.shape[1] * HOP < MIN_SAMPLES:  # nothing, or too short to hear: a failed clip
+        if not audible(codes):  # nothing, or too short to hear: a failed clip
             scores.append({"events": 0.0, "layout": 0.0, "counts": 0.0, "pitch": 0.0, "score": 0.0})
             continue
         wav = rt.codec.decode(codes[None].long())[0]

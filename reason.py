@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import torch
 
 import tasks
-from codec import FRAME_RATE, HOP
-from encoder import MIN_SAMPLES
+from codec import FRAME_RATE
 from model import AUDIO, N_STREAMS, TEXT
-from sample import decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio
+from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio
 
 MODES = ("enrich", "dialogue", "reflect")
 ANSWER_SEP = "|"  # not ';': the toy world's detail answers contain it ('a low bell; two drum hits')
@@ -103,7 +102,7 @@ class Chain:
     def hear(self):
         """The model listens to its latest audio: codec decode to 16 kHz, then the encoder -> a user message."""
         step = [st for st in self.steps if st["kind"] == "audio" and st["role"] == "assistant"][-1]
-        if step["codes"].shape[1] * HOP < MIN_SAMPLES:
+        if not audible(step["codes"]):
             raise ValueError(f"the model's audio is {step['codes'].shape[1]} frame(s) long, too short to hear; "
                              "try another --seed")
         wav, _ = to_wave(self.rt, step["codes"], vae=False)

@@ -23,8 +23,9 @@ import soundfile as sf
 import torch
 
 from clap import Clap
-from codec import FRAME_RATE, SAMPLE_RATE, Codec
+from codec import FRAME_RATE, HOP, SAMPLE_RATE, Codec
 from data import load_audio
+from encoder import MIN_SAMPLES
 from model import ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, sample_next
 from sequences import build
 from tokenizer import QwenTokenizer, SPTokenizer
@@ -80,6 +81,11 @@ def to_wave(rt, codes, vae=True):
     if not vae:
         return wav[0].cpu(), SAMPLE_RATE
     return rt.vae(wav)[0].cpu(), MASTER_SR
+
+
+def audible(codes):
+    """Is a clip of codes (8, T) long enough for the encoder to hear (30 ms, 2 frames)?"""
+    return codes.shape[1] * HOP >= MIN_SAMPLES
 
 
 def write_audio(rt, codes, path, vae=True):
