@@ -38,8 +38,8 @@ GPU training, whereas the toy world is scored by spectral analysis. The LM sees 
 tokens through the delay pattern (`delay_pattern`).
 
 What limits it (held-out score, one seed each: a few points may be noise): steps. 256
-channels for 1600 steps score 57.5%; 128 channels for 3200 steps, the same time, 60.5%
-(the preset). Nothing else we tried moved it: per-frame LayerNorm 61.0% or no norm
+channels for 1600 steps score 57.5% (528 s on one core); 128 channels for 3200 steps,
+60.5% in 376 s (the preset). Nothing else we tried moved it: per-frame LayerNorm 61.0% or no norm
 62.5% instead of GroupNorm, a LayerNorm before the RVQ 57.5%, 1024-wide input and output
 layers 60.0%, no gradient clipping 59.0%, a per-frame loudness loss 63.0% (at 3x weight
 50.5%). Without any quantiser the autoencoder scores 58.5%, so the RVQ costs nothing;
