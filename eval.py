@@ -30,6 +30,7 @@ from tqdm import tqdm
 import reason
 import tasks
 from clap import K, pad_ids
+from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
 from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
@@ -69,8 +70,7 @@ def kl(p, q):
     return float((p * (p / q).log()).sum())
 
 
-METHODS = ("direct", "enrich", "reflect")  # how the audio is made from the prompt (see make_audio)
-REFLECT_ROUNDS = 2
+REFLECT_ROUNDS = 2  # make_audio's "reflect": at most this many critiques
 
 
 def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
@@ -79,14 +79,14 @@ def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
     REFLECT_ROUNDS rounds, its last audio."""
     if method == "direct":
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + prompt}], rt.tok, rt.model.cfg, AUDIO)
-        return generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(max_seconds * 50),
+        return generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(max_seconds * FRAME_RATE),
                               generator=generator)[0]
     with tempfile.TemporaryDirectory() as d:
         s = reason.Settings(out=d, cfg=cfg_scale, max_seconds=max_seconds, vae=False, seed=seed, echo=False)
         try:
             steps = (reason.enrich(rt, prompt, s) if method == "enrich"
                      else reason.reflect(rt, prompt, REFLECT_ROUNDS, s))
-        except ValueError:  # the model ended an audio segment before its first frame
+        except ValueError:  # an audio segment ended before its first frame, or too short to hear
             return torch.zeros(8, 0, dtype=torch.long)
     return [st for st in steps if st["kind"] == "audio" and st["role"] == "assistant"][-1]["codes"]
 
