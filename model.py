@@ -119,24 +119,32 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-GEMV_ROWS = 4  # up to this many rows, Linear runs as W @ x.T on CPU,
-GEMV_MIN_SIZE = 1 << 20  # for weights of this many elements or more (small ones: F.linear is faster)
+GEMV_ROWS = 4  # up to this many rows, Linear has its own CPU paths (decoding),
+GEMV_MIN_SIZE = 1 << 20  # for weights of this many elements or more (small ones: F.linear is as fast)
+# oneDNN's fp32 inner product, the op torch.compile's CPU backend emits for Linear; it takes a plain weight
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class Linear(nn.Linear):
     """nn.Linear without its own init (every weight is set by _init_weights or loaded, and the
-    kaiming init it replaces made building a 0.5B model 5x slower), and with a CPU decode path:
-    for a few rows x and a weight larger than the caches, W @ x.T runs as BLAS gemv and reads
-    W up to 2x faster than x @ W.T (measured at 2 rows, the CFG batch: bench.py decode)."""
+    kaiming init it replaces made building a 0.5B model 5x slower), and with CPU decode paths
+    for a few rows x and a weight larger than the caches. F.linear hands x @ W.T to MKL, which
+    reads W at about 11 GB/s on the 2-core machine whatever the row count. Measured there, on
+    the 0.5B shapes (bench.py decode is the end-to-end figure):
+      1 row (greedy decode): oneDNN's inner product reads W at 18-44 GB/s;
+      2-4 rows (CFG's pair): W @ x.T runs as MKL gemm on both cores, 11-25 GB/s."""
 
     def reset_parameters(self):
         pass
 
     def forward(self, x):
         rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS or self.weight.numel() < GEMV_MIN_SIZE:
-            return F.linear(x, self.weight, self.bias)
-        y = (self.weight @ x.reshape(rows, self.in_features).T).T.reshape(*x.shape[:-1], self.out_features)
+        w = self.weight
+        if x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS or w.numel() < GEMV_MIN_SIZE:
+            return F.linear(x, w, self.bias)
+        if rows == 1 and ONEDNN_LINEAR and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
+        y = (w @ x.reshape(rows, self.in_features).T).T.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 

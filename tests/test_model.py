@@ -252,8 +252,8 @@ def test_ualm_streams_and_audio_slots():
 
 @pytest.mark.parametrize("shape", [(1, 1000), (2, 1, 1000), (4, 1000), (3, 5, 1000)])
 def test_linear_gemv_path_equals_f_linear(shape):
-    """model.Linear takes W @ x.T for a few rows and a large weight (the decode path): the
-    same values and gradients as torch's F.linear."""
+    """model.Linear takes W @ x.T (or oneDNN's inner product for one row without grad) for a
+    few rows and a large weight (the decode paths): the same values and gradients as F.linear."""
     torch.manual_seed(0)
     lin = model_lib.Linear(1000, 1100)  # 1.1M elements: over GEMV_MIN_SIZE
     torch.nn.init.normal_(lin.weight, std=0.02)
@@ -266,3 +266,8 @@ def test_linear_gemv_path_equals_f_linear(shape):
     y.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), ref, atol=1e-5, rtol=1e-5)
+        xs = torch.randn(*shape[:-1], 2000)[..., ::2]  # a strided x, as h[:, -1] in decoding
+        torch.testing.assert_close(lin(xs), torch.nn.functional.linear(xs, lin.weight, lin.bias),
+                                   atol=1e-5, rtol=1e-5)
