@@ -246,6 +246,8 @@ def test_ualm_streams_and_audio_slots():
         for k in range(N_STREAMS):
             lo = cfg.audio_offset + k * 1025
             torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
+        for last in (h[:, -1], h[0, -2:]):  # one and two rows: the decoding path of audio_logits
+            torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
     with pytest.raises(ValueError, match="1 audio frames given for 2"):
         u.embed(grid, feats[:1])
 
