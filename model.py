@@ -164,10 +164,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if input_pos is not None:  # decoding: write at input_pos, attend to the filled part of the cache
-            k, v = self.kv_cache.update(input_pos, k, v)
-            end = int(input_pos[-1]) + 1
-            k, v = k[:, :, :end], v[:, :, :end]  # (B, nkv, end, hd)
+        if input_pos is not None:  # decoding: write at input_pos, attend to the whole cache under the mask
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, S, hd): shapes never change (compile)
         gqa = self.n_kv != self.n_head
         if segments is not None:  # packed samples ("varlen"): causal attention inside each one alone
             y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e],
@@ -227,9 +225,9 @@ class Qwen2Model(nn.Module):
         if position_ids is None:
             base = input_pos if input_pos is not None else torch.arange(T, device=x.device)
             position_ids = base[None].expand(B, T)
-        if input_pos is not None and mask is None and T > 1 and int(input_pos[0]) > 0:  # a chunk after a prefix
-            S = int(input_pos[-1]) + 1
-            mask = (torch.arange(S, device=x.device)[None] <= input_pos[:, None])[None, None]  # (1, 1, T, S)
+        if input_pos is not None and mask is None:  # each token sees the cache slots up to its own
+            S = self.layers[0].self_attn.kv_cache.k.shape[2]
+            mask = (torch.arange(S, device=x.device) <= input_pos[:, None])[None, None]  # (1, 1, T, S)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos, segments)
@@ -260,12 +258,13 @@ def sample_next(logits, temperature=0.0, top_k=None, generator=None):
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-    return flat.view(probs.shape[:-1])
+    if top_k is None:
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
+    best, ids = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)  # draw among the k best only:
+    probs = best.softmax(-1)  # the same distribution as masking the rest, k draws' work instead of V's
+    pick = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return ids.gather(-1, pick.view(*ids.shape[:-1], 1))[..., 0]
 
 
 class Qwen2(nn.Module):
@@ -546,7 +545,7 @@ class UALM(nn.Module):
         s = torch.cat([self.stream_emb.new_zeros(1, h.shape[-1]), self.stream_emb]).to(h.dtype)
         x = h.unsqueeze(-2) + s  # (..., 8, d)
         rows = x.numel() // (N_STREAMS * x.shape[-1])
-        if x.device.type == "cpu" and rows <= GEMV_ROWS:  # decoding: W_k @ x_k.T, as in Linear (2x faster)
+        if x.device.type == "cpu" and 0 < rows <= GEMV_ROWS:  # decoding: W_k @ x_k.T, as in Linear (2x faster)
             out = torch.bmm(w, x.reshape(rows, N_STREAMS, -1).permute(1, 2, 0))  # (8, 1025, rows)
             return out.permute(2, 0, 1).reshape(*x.shape[:-1], INTERVAL)
         return torch.einsum("...kd,kvd->...kv", x, w)

@@ -2,6 +2,7 @@
 Sample from a trained UALM: text -> 48 kHz stereo audio, or (audio, question) -> text.
 
     python sample.py --prompt "a bell rings twice, then a low hum" --out out.wav
+    python sample.py --prompts_file captions.txt --out out.wav   # one caption a line: out_0.wav, ...
     python sample.py --audio clip.wav --prompt "How many beeps are there?"
 
 Audio is written by classifier-free guidance exactly as the release does it (SPEC.md
@@ -106,6 +107,17 @@ def prefix(messages, tok, cfg, modality=None):
     return rows, s.feats
 
 
+def decode_step(model, x, pos):
+    """One step of the frame loop: embeddings x (B, 1, d) written at cache position pos (1,)
+    -> the next frame's per-codebook logits (B, 8, 1025) in fp32. Every shape is the same at
+    every step (the attention reads the whole cache under a mask), so `--compile` can replace
+    this with torch.compile(decode_step), as gpt-fast does."""
+    return model.audio_logits(model.lm.model(x, input_pos=pos)[:, -1]).float()
+
+
+CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step meets few shapes
+
+
 @torch.no_grad()
 def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8, top_k=20, max_frames=500,
                    generator=None):
@@ -119,13 +131,12 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
     f = feats.repeat(n, 1) if feats is not None else None
     if guided:  # the unconditional branch: all pad, same length
         x = torch.cat([x, torch.zeros_like(x)])
-    model.setup_cache(B, L + max_frames + N_STREAMS)
-    h = model(x.to(device), f, input_pos=torch.arange(L, device=device))[:, -1]
+    model.setup_cache(B, -(-(L + max_frames + N_STREAMS) // CACHE_ROUND) * CACHE_ROUND)
+    logits = model.audio_logits(model(x.to(device), f, input_pos=torch.arange(L, device=device))[:, -1]).float()
     first = cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=device)  # each interval's pad id
     steps = []
     end = torch.full((n,), max_frames, device=device)  # frame count T of each sample, once known
     for s in range(max_frames + N_STREAMS - 1):
-        logits = model.audio_logits(h).float()  # (B, 8, 1025)
         if guided:
             logits = cfg_scale * logits[:n] + (1 - cfg_scale) * logits[n:]
         k = torch.arange(N_STREAMS, device=device)
@@ -141,7 +152,7 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
             break
         row = (first + idx)[:, None]  # (n, 1, 8) unified ids
         row = torch.cat([row, row]) if guided else row
-        h = model(row, input_pos=torch.tensor([L + s], device=device))[:, -1]
+        logits = decode_step(model, model.embed(row), torch.tensor([L + s], device=device))
     delayed = torch.stack(steps, -1) - 1  # (n, 8, S), -1 where pad
     return [torch.stack([delayed[i, j, j:j + int(end[i])] for j in range(N_STREAMS)]) for i in range(n)]
 
@@ -188,6 +199,7 @@ def fail(msg):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", default=None, help="a caption to generate, or a question about --audio")
+    p.add_argument("--prompts_file", default=None, help="a text file of captions, one a line: a batch")
     p.add_argument("--audio", default=None, help="a wav to ask about (any rate and channels: resampled, downmixed)")
     p.add_argument("--ckpt", default="runs/sft.pt", help="an LM checkpoint written by train.py")
     p.add_argument("--out", default="out.wav")
@@ -198,8 +210,23 @@ def main():
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--max_seconds", type=float, default=10.0)
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
+    p.add_argument("--compile", action="store_true", help="torch.compile the frame step (slow first call)")
     args = p.parse_args()
-    if not args.prompt or not args.prompt.strip():
+    if args.compile:
+        global decode_step
+        decode_step = torch.compile(decode_step)
+    prompts = [args.prompt]
+    if args.prompts_file:
+        if args.prompt or args.audio:
+            fail("--prompts_file is a batch of captions to generate; drop --prompt and --audio")
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"{args.prompts_file}: cannot read it ({e.strerror or e}); give a UTF-8 text file, one caption a line")
+        if not prompts:
+            fail(f"{args.prompts_file} holds no caption; write one caption a line")
+    elif not args.prompt or not args.prompt.strip():
         fail("--prompt is empty; give a caption (or a question with --audio)")
     try:
         rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio))
@@ -217,15 +244,21 @@ def main():
         print(decode_text(rt.tok, generate_text(rt.model, rows, f)))
         return
     from tasks import TTA_PROMPT
-    rows, _ = prefix([{"role": "user", "text": TTA_PROMPT + args.prompt}], rt.tok, rt.model.cfg, AUDIO)
-    if rows.shape[0] + args.max_seconds * FRAME_RATE > rt.model.lm.cfg.max_position_embeddings:
-        fail(f"the prompt is {rows.shape[0]} tokens: too long for the context; shorten it")
-    codes = generate_audio(rt.model, rows, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
-                           top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g)
-    for i, c in enumerate(codes):
-        path = args.out if len(codes) == 1 else os.path.splitext(args.out)[0] + f"_{i}.wav"
-        seconds = write_audio(rt, c, path, vae=not args.no_vae)
-        print(f"wrote {path} ({seconds:.2f} s)")
+    batch = [prefix([{"role": "user", "text": TTA_PROMPT + text}], rt.tok, rt.model.cfg, AUDIO)[0] for text in prompts]
+    for j, rows in enumerate(batch):  # every prompt checked before the first is generated
+        if rows.shape[0] + args.max_seconds * FRAME_RATE > rt.model.lm.cfg.max_position_embeddings:
+            where = f"line {j + 1} of {args.prompts_file}" if args.prompts_file else "the prompt"
+            fail(f"{where} is {rows.shape[0]} tokens: too long for the context with --max_seconds "
+                 f"{args.max_seconds:g}; shorten it")
+    stem = os.path.splitext(args.out)[0]
+    for j, rows in enumerate(batch):
+        codes = generate_audio(rt.model, rows, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+                               top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g)
+        for i, c in enumerate(codes):
+            tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if len(codes) > 1 else [])
+            path = "_".join([stem] + tags) + ".wav" if tags else args.out
+            seconds = write_audio(rt, c, path, vae=not args.no_vae)
+            print(f"wrote {path} ({seconds:.2f} s){': ' + prompts[j] if args.prompts_file else ''}")
 
 
 if __name__ == "__main__":

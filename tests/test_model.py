@@ -273,3 +273,18 @@ def test_linear_gemv_path_equals_f_linear(shape):
         xs = torch.randn(*shape[:-1], 2000)[..., ::2]  # a strided x, as h[:, -1] in decoding
         torch.testing.assert_close(lin(xs), torch.nn.functional.linear(xs, lin.weight, lin.bias),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_sample_next_top_k_distribution():
+    """Top-k sampling of a worked example: only the k largest logits are ever drawn, each as
+    often as the softmax of those k logits over the temperature says (20000 draws)."""
+    logits = torch.tensor([[1.0, 3.0, 0.5, 2.5, -1.0, 2.0]]).expand(20000, 6)
+    ids = model_lib.sample_next(logits, temperature=0.5, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (20000,)
+    freq = torch.bincount(ids, minlength=6).float() / len(ids)
+    top = torch.tensor([3.0, 2.5, 2.0]) / 0.5
+    want = torch.zeros(6)
+    want[[1, 3, 5]] = top.exp() / top.exp().sum()  # 0.665, 0.245, 0.090
+    assert freq[[0, 2, 4]].sum() == 0
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)
+    assert torch.equal(model_lib.sample_next(logits[:2]), torch.tensor([1, 1]))  # temperature 0: greedy

@@ -1,7 +1,9 @@
 """sample.py's CFG decoding through the KV cache, checked against full forwards without a cache."""
 
+import pytest
 import torch
 
+import sample
 from codec import delay_pattern
 from model import AUDIO, N_STREAMS, UALM, UALMConfig
 from sample import generate_audio, prefix
@@ -17,10 +19,14 @@ class Tok:
         return [ord(c) % 100 for c in s]
 
 
-def test_cfg_greedy_decoding_equals_full_forward():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cfg_greedy_decoding_equals_full_forward(compiled, monkeypatch):
     """Greedy (temperature 0): every free cell of the delayed grid must be the argmax of
     g * cond + (1 - g) * uncond, where cond sees the prompt and uncond an all-pad prefix,
-    both recomputed here from scratch on the finished grid with no cache."""
+    both recomputed here from scratch on the finished grid with no cache. Also with the
+    frame step under torch.compile, as `sample.py --compile` runs it."""
+    if compiled:
+        monkeypatch.setattr(sample, "decode_step", torch.compile(sample.decode_step))
     torch.manual_seed(0)
     model = UALM(CFG).eval()
     with torch.no_grad():
