@@ -4,6 +4,7 @@ Sample from a trained UALM: text -> 48 kHz stereo audio, or (audio, question) ->
     python sample.py --prompt "a bell rings twice, then a low hum" --out out.wav
     python sample.py --prompts_file captions.txt --out out.wav   # one caption a line: out_0.wav, ...
     python sample.py --audio clip.wav --prompt "How many beeps are there?"
+    python sample.py --text --prompt "What is 12 plus 7?"                # text in, text out
 
 Audio is written by classifier-free guidance exactly as the release does it (SPEC.md
 section 6): the conditional prefix and an all-pad prefix of the same length run as one
@@ -115,6 +116,7 @@ def decode_step(model, x, pos):
     return model.audio_logits(model.lm.model(x, input_pos=pos)[:, -1]).float()
 
 
+TEXT_TOKENS = 200  # the longest answer generate_text writes
 CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step meets few shapes
 
 
@@ -158,7 +160,7 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
 
 
 @torch.no_grad()
-def generate_text(model, rows, feats=None, max_tokens=200):
+def generate_text(model, rows, feats=None, max_tokens=TEXT_TOKENS):
     """Greedy: rows (L, 8) ending in <|assistant|> <|text|> -> token ids until <|eos|>/<|eot|>.
     Stream 0 may only write text and special ids here (the audio intervals are masked)."""
     device = model.lm.lm_head.weight.device
@@ -200,6 +202,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", default=None, help="a caption to generate, or a question about --audio")
     p.add_argument("--prompts_file", default=None, help="a text file of captions, one a line: a batch")
+    p.add_argument("--text", action="store_true", help="answer --prompt in text, as a text model (no audio)")
     p.add_argument("--audio", default=None, help="a wav to ask about (any rate and channels: resampled, downmixed)")
     p.add_argument("--ckpt", default="runs/sft.pt", help="an LM checkpoint written by train.py")
     p.add_argument("--out", default="out.wav")
@@ -217,8 +220,8 @@ def main():
         decode_step = torch.compile(decode_step)
     prompts = [args.prompt]
     if args.prompts_file:
-        if args.prompt or args.audio:
-            fail("--prompts_file is a batch of captions to generate; drop --prompt and --audio")
+        if args.prompt or args.audio or args.text:
+            fail("--prompts_file is a batch of captions to generate; drop --prompt, --audio and --text")
         try:
             with open(args.prompts_file, encoding="utf-8") as f:
                 prompts = [line.strip() for line in f if line.strip()]
@@ -227,21 +230,24 @@ def main():
         if not prompts:
             fail(f"{args.prompts_file} holds no caption; write one caption a line")
     elif not args.prompt or not args.prompt.strip():
-        fail("--prompt is empty; give a caption (or a question with --audio)")
+        fail("--prompt is empty; give a caption (or a question with --audio or --text)")
     try:
-        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio))
+        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     torch.manual_seed(args.seed)
     g = torch.Generator(device=rt.device).manual_seed(args.seed)
-    if args.audio:
-        try:
-            feats = listen(rt, args.audio)
-        except (FileNotFoundError, ValueError) as e:
-            fail(str(e))
-        rows, f = prefix([{"role": "user", "text": args.prompt}, {"role": "user", "feats": feats}],
-                         rt.tok, rt.model.cfg, TEXT)
-        print(decode_text(rt.tok, generate_text(rt.model, rows, f)))
+    if args.audio or args.text:  # text out: a question about the audio, or a text-only prompt
+        messages = [{"role": "user", "text": args.prompt}]
+        if args.audio:
+            try:
+                messages.append({"role": "user", "feats": listen(rt, args.audio)})
+            except (FileNotFoundError, ValueError) as e:
+                fail(str(e))
+        rows, f = prefix(messages, rt.tok, rt.model.cfg, TEXT)
+        if rows.shape[0] + TEXT_TOKENS > rt.model.lm.cfg.max_position_embeddings:
+            fail(f"the prompt is {rows.shape[0]} tokens: too long for the context; shorten it")
+        print(decode_text(rt.tok, generate_text(rt.model, rows, f, max_tokens=TEXT_TOKENS)))
         return
     from tasks import TTA_PROMPT
     batch = [prefix([{"role": "user", "text": TTA_PROMPT + text}], rt.tok, rt.model.cfg, AUDIO)[0] for text in prompts]

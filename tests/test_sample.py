@@ -1,5 +1,9 @@
 """sample.py's CFG decoding through the KV cache, checked against full forwards without a cache."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +60,18 @@ def test_cfg_greedy_decoding_equals_full_forward(compiled, monkeypatch):
                 assert int(grid[s, k]) - CFG.audio_offset - 1025 * k == want, (s, k)
         if T < T_max:  # it stopped by itself: codebook 0 chose its pad after T frames
             assert int(guided[L - 1 + T, 0].argmax()) == 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--prompt", " "], "--prompt is empty"),
+    (["--prompt", "a bell", "--ckpt", "no/such.pt"], "no such checkpoint"),
+    (["--prompts_file", "no/such.txt"], "cannot read it"),
+    (["--prompts_file", __file__, "--prompt", "a bell"], "drop --prompt"),
+])
+def test_cli_bad_input_is_one_clear_error(argv, says, tmp_path):
+    """Bad input ends in one sentence on stderr naming the fix, exit status 1, no traceback."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "sample.py"), *argv, "--out", str(tmp_path / "o.wav")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o.wav").exists()
