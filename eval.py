@@ -148,9 +148,22 @@ def pct(x):
     return f"{100 * x:.1f}%"
 
 
+def over_seeds(rt, rows, cfg_scale, seeds, method="direct", prompt_key="caption"):
+    """eval_generation once per seed -> {metric: cell}, each cell 'mean +- sample std' over the seeds."""
+    runs = [eval_generation(rt, rows, cfg_scale, seed, method, prompt_key) for seed in seeds]
+    cells = {}
+    for k in runs[0]:
+        v = np.array([r[k] for r in runs])
+        scale, fmt = (100, "{:.1f}") if k in ("score", "events", "layout", "counts", "pitch") else (1, "{:.3f}")
+        cells[k] = fmt.format(scale * v.mean()) + (" +- " + fmt.format(scale * v.std(ddof=1)) if len(v) > 1 else "")
+        cells[k] += "%" if scale == 100 else ""
+    return cells
+
+
 def replicate(args, gen, und, txt):
-    """The paper's comparisons on the checkpoints in the folder of --ckpt, one seed each:
-    -> a markdown report, printed and written to that folder's replication.md."""
+    """The paper's comparisons on the checkpoints in the folder of --ckpt (generation over
+    --seeds seeds; understanding and text are greedy, one run) -> a markdown report, printed
+    and written to that folder's replication.md."""
     runs = os.path.dirname(os.path.abspath(args.ckpt))
     if not os.path.isfile(os.path.join(runs, "und.pt")):
         print("training the understanding-only model first: python train.py --stage und")
@@ -164,16 +177,19 @@ def replicate(args, gen, und, txt):
             rts[name] = load_runtime(os.path.join(runs, f"{name}.pt"), need_vae=False)
         return rts[name]
     rows = gen[:args.n_gen]
-    out = [f"Held-out clips of `{args.data}`, seed {args.seed}, one seed per cell; {len(rows)} captions, "
-           f"{len(und[:args.n_questions])} understanding items, {len(txt)} arithmetic problems.", "",
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    out = [f"Held-out clips of `{args.data}`; {len(rows)} captions, {len(und[:args.n_questions])} understanding "
+           f"items, {len(txt)} arithmetic problems. Generation cells: mean +- standard deviation over "
+           f"{len(seeds)} sampling seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}); "
+           "understanding and text are greedy, one run.", "",
            "| model | checkpoint | CFG | adherence | events | layout | counts | pitch | CLAP | FD | KL |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
                              ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
                              ("UALM-Reason + DPO", "dpo", 3.0)]:
-        g = eval_generation(rt(name), rows, cfg, args.seed)
-        out.append(f"| {label} | {name}.pt | {cfg:g} | {pct(g['score'])} | {pct(g['events'])} | {pct(g['layout'])} "
-                   f"| {pct(g['counts'])} | {pct(g['pitch'])} | {g['clap']:.3f} | {g['fd']:.3f} | {g['kl']:.3f} |")
+        g = over_seeds(rt(name), rows, cfg, seeds)
+        out.append(f"| {label} | {name}.pt | {cfg:g} | {g['score']} | {g['events']} | {g['layout']} "
+                   f"| {g['counts']} | {g['pitch']} | {g['clap']} | {g['fd']} | {g['kl']} |")
         print(out[-1])
     out += ["", "| model | checkpoint | answers | caption keywords | arithmetic |", "|---|---|---|---|---|"]
     for label, name in [("understanding only", "und"), ("UALM (unified)", "pretrain"),
@@ -186,10 +202,10 @@ def replicate(args, gen, und, txt):
             "|---|---|---|---|---|---|---|---|"]
     for prompt_key, method in [("vague_prompt", "direct"), ("vague_prompt", "enrich"), ("caption", "direct"),
                                ("caption", "reflect")]:
-        g = eval_generation(rt("sft"), rows, 3.0, args.seed, method, prompt_key)
+        g = over_seeds(rt("sft"), rows, 3.0, seeds, method, prompt_key)
         how = f"reflect, up to {REFLECT_ROUNDS} rounds" if method == "reflect" else method
-        out.append(f"| {prompt_key.replace('_', ' ')} | {how} | {pct(g['score'])} | {pct(g['events'])} "
-                   f"| {pct(g['layout'])} | {pct(g['counts'])} | {pct(g['pitch'])} | {g['clap']:.3f} |")
+        out.append(f"| {prompt_key.replace('_', ' ')} | {how} | {g['score']} | {g['events']} "
+                   f"| {g['layout']} | {g['counts']} | {g['pitch']} | {g['clap']} |")
         print(out[-1])
     with open(os.path.join(runs, "replication.md"), "w") as f:
         f.write("\n".join(out) + "\n")
@@ -209,7 +225,13 @@ def main():
     p.add_argument("--n_questions", type=int, default=100)
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="with --replicate: sampling seeds per generation cell, "
+                   "from --seed on")
     args = p.parse_args()
+    for name in ("generation.jsonl", "understanding.json", "text.jsonl"):
+        if not os.path.isfile(os.path.join(args.data, name)):
+            fail(f"{os.path.join(args.data, name)}: not found; make the world with `python data.py --out "
+                 f"{args.data} --n 2000`, or pass --data")
     try:
         gen = read_generation(os.path.join(args.data, "generation.jsonl"))[-args.n_eval:]
         held = {r["location"] for r in gen}
