@@ -121,7 +121,7 @@ class KVCache(nn.Module):
 
 GEMV_ROWS = 4  # up to this many rows, Linear has its own CPU paths (decoding),
 GEMV_MIN_SIZE = 1 << 16  # for weights of this many elements or more (small ones: F.linear is as fast)
-# oneDNN's fp32 inner product, the op torch.compile's CPU backend emits for Linear; it takes a plain weight
+# oneDNN's fp32 inner product (a private op of torch's oneDNN bindings); it takes a plain weight
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
