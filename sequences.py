@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from codec import delay_pattern
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, SYSTEM, TEXT,
-                   USER, doc_segments)
+                   USER, doc_segments, packed_mask)
 
 ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 NO_LOSS, TOKEN, FRAME = 0, 1, 2
@@ -123,13 +123,21 @@ def collate(samples, bins, budget):
     return {"ids": ids, "kind": kind, "doc": doc, "pos": pos, "feats": torch.cat(feats) if feats else None}
 
 
+DENSE_MASK = False  # train.py --compile sets it: one (T, T) mask per row keeps every shape fixed, where
+# attention run per packed sample (segments) has other shapes for every packing, and recompiles
+
+
+def attention(doc):
+    """How the model keeps packed samples apart: per-sample attention calls, or a dense mask."""
+    return {"mask": packed_mask(doc)} if DENSE_MASK else {"segments": doc_segments(doc)}
+
+
 def loss_sums(model, batch):
     """Summed losses of a batch: {"sum": scalar, "n": positions with loss, "frames",
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
     is sum / n: each frame's 8 CEs weigh 1/8, normalised by the stream-0 loss positions."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
-              segments=doc_segments(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], **attention(batch["doc"][:, :-1]))
     tgt, kind = ids[:, 1:], kind[:, 1:]
     tok, frm = kind == TOKEN, kind == FRAME
     text = F.cross_entropy(model.text_logits(h[tok]).float(), tgt[tok][:, 0], reduction="sum")
@@ -146,8 +154,7 @@ def row_logp(model, batch):
     """Log-probability of each row's trained audio frames, (B,), each codebook's term
     weighing 1/8 as in the loss: what DPO compares between policy and reference."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
-              segments=doc_segments(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], **attention(batch["doc"][:, :-1]))
     frm = kind[:, 1:] == FRAME
     first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
     local = ids[:, 1:][frm] - first

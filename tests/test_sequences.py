@@ -1,8 +1,10 @@
 """sequences.py: the template as a worked example, packing, and the packed loss."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import sequences
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
 from sequences import FRAME, NO_LOSS, TOKEN, build, cfg_dropout, collate, loss_sums, pack
 
@@ -51,7 +53,10 @@ def test_best_fit_packing():
     assert pack([7, 2, 2, 2, 2], 8) == [[0], [1, 2, 3, 4]]
 
 
-def test_packed_loss_equals_one_by_one():
+@pytest.mark.parametrize("dense", [False, True])
+def test_packed_loss_equals_one_by_one(dense, monkeypatch):
+    """Per-sample attention (segments) and the dense mask of train.py --compile alike."""
+    monkeypatch.setattr(sequences, "DENSE_MASK", dense)
     torch.manual_seed(0)
     model = UALM(CFG).eval()
     with torch.no_grad():
