@@ -226,7 +226,8 @@ def main():
             with open(args.prompts_file, encoding="utf-8") as f:
                 prompts = [line.strip() for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            fail(f"{args.prompts_file}: cannot read it ({e.strerror or e}); give a UTF-8 text file, one caption a line")
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            fail(f"{args.prompts_file}: cannot read it ({why}); give a UTF-8 text file, one caption a line")
         if not prompts:
             fail(f"{args.prompts_file} holds no caption; write one caption a line")
     elif not args.prompt or not args.prompt.strip():

@@ -67,9 +67,11 @@ def test_cfg_greedy_decoding_equals_full_forward(compiled, monkeypatch):
     (["--prompt", "a bell", "--ckpt", "no/such.pt"], "no such checkpoint"),
     (["--prompts_file", "no/such.txt"], "cannot read it"),
     (["--prompts_file", __file__, "--prompt", "a bell"], "drop --prompt"),
+    (["--prompts_file", "binary.txt"], "not UTF-8 text"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, says, tmp_path):
     """Bad input ends in one sentence on stderr naming the fix, exit status 1, no traceback."""
+    (tmp_path / "binary.txt").write_bytes(bytes(range(128, 256)))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "sample.py"), *argv, "--out", str(tmp_path / "o.wav")],
                        capture_output=True, text=True, cwd=tmp_path)
