@@ -228,6 +228,8 @@ def main():
     p.add_argument("--seeds", type=int, default=3, help="with --replicate: sampling seeds per generation cell, "
                    "from --seed on")
     args = p.parse_args()
+    if args.seeds < 1:
+        fail(f"--seeds {args.seeds}: give 1 or more")
     for name in ("generation.jsonl", "understanding.json", "text.jsonl"):
         if not os.path.isfile(os.path.join(args.data, name)):
             fail(f"{os.path.join(args.data, name)}: not found; make the world with `python data.py --out "
