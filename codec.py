@@ -84,6 +84,7 @@ N_FFT = 1280  # 80 ms frames, 4 x HOP: 12.5 Hz bins resolve the 100..200 Hz hums
 N_BINS = N_FFT // 2 + 1  # 641 magnitudes per frame, what the decoder predicts
 MAG_FLOOR = 1e-2  # added to |STFT| before the log: 90 dB under a full-scale sine's peak (320)
 GL_ITERS = 32  # Griffin-Lim iterations in decode
+TRAIN_STEPS = 3200  # optimizer steps of the toy preset (train_codec, the CLI, train.py --codec_steps)
 MEL_BANDS = (160, 80, 40)  # mel resolutions of the training loss on the predicted magnitude
 # (n_fft, n_mels) of the waveform losses; hop n_fft / 4. 2048 resolves the 150 Hz hums, 256 the clicks
 RESOLUTIONS = ((2048, 128), (1024, 80), (512, 64), (256, 32))
@@ -504,7 +505,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 20) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = 3200, batch_size: int = 8,
+def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", steps: int = TRAIN_STEPS, batch_size: int = 8,
                 crop_seconds: float = 1.0, lr: float = 1e-3, seed: int = 0, save_every: int = 200,
                 progress: bool = True) -> Codec:
     """Train a codec on 16 kHz mono clips [(N,) arrays]; writes out_dir/codec.pt every save_every steps.
@@ -559,7 +560,7 @@ def main():
     p = argparse.ArgumentParser(description="Train the codec on the toy world, then score it on held-out clips.")
     p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
     p.add_argument("--preset", default="toy", choices=list(CODEC_PRESETS), help="model size")
-    p.add_argument("--steps", type=int, default=3200, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=TRAIN_STEPS, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
     p.add_argument("--crop", type=float, default=1.0, help="seconds per crop")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")

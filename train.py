@@ -541,7 +541,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
     p.add_argument("--codec_preset", default="toy", choices=list(codec_lib.CODEC_PRESETS))
-    p.add_argument("--codec_steps", type=int, default=3200)
+    p.add_argument("--codec_steps", type=int, default=codec_lib.TRAIN_STEPS)
     p.add_argument("--codec_clips", type=int, default=300, help="training clips for the codec")
     p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
     p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")
