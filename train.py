@@ -417,8 +417,8 @@ def fit(args, model, stream, held):
         load_optimizer(args, model, opt, ck["optimizer"])
     bf16 = device.startswith("cuda") or args.cpu_bf16
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+    sequences.DENSE_MASK = args.compile  # fixed shapes: one compiled graph for every packed batch
     if args.compile:
-        sequences.DENSE_MASK = True  # fixed shapes: one compiled graph for every packed batch
         net = torch.compile(net)
     bar = tqdm(range(step, args.steps), desc=args.stage, initial=step, total=args.steps, disable=rank > 0)
     for step in bar:
