@@ -317,9 +317,10 @@ class Qwen2(nn.Module):
         with torch.device("meta"):
             model = cls(cfg)
         check_state_dict(model, state, path)
+        modules = dict(model.named_modules())
         for name, tensor in state.items():  # the loaded tensors become the parameters: no copy
             module, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(module), leaf, nn.Parameter(tensor))
+            modules[module]._parameters[leaf] = nn.Parameter(tensor)  # every key is a parameter (no persistent buffers)
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         return model.to(device=device, dtype=dtype) if device or dtype else model
