@@ -51,5 +51,5 @@ def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise ValueError(f"{path}: weights do not fit the saved config ({first}); the file was "
-                         "edited or mixed up, retrain it.") from None
+                         "edited, mixed up or written by an older version of this code; retrain it.") from None
     return model.eval()

@@ -48,7 +48,7 @@ bins. Projected onto 256 axes and back, with no codec at all, 50 held-out clips 
 98.5% of the analyzer's score (128 axes: 79%, 64: 70%). Reading and writing the bins,
 the codec had to find such directions by gradient descent and did not in CPU minutes: it
 scored 60.5% on those 50 clips, below a linear projection onto 64 axes; with the axes,
-75.0% after the same 3200 steps. On 200 held-out clips (`main`'s default now; a 50-clip
+75.0% after the same 3200 steps. On 200 held-out clips (the CLI's default now; a 50-clip
 score is +-7 points) the gain is smaller: 56.0% -> 62.3%, log-mel distance 0.141 -> 0.131.
 
 What limits it now (50 held-out clips, one seed each, so a few points are noise): the
