@@ -51,16 +51,8 @@ scored 60.5% on those 50 clips, below a linear projection onto 64 axes; with the
 75.0% after the same 3200 steps. On 200 held-out clips (the CLI's default now; a 50-clip
 score is +-7 points) the gain is smaller: 56.0% -> 62.3%, log-mel distance 0.141 -> 0.131.
 
-What limits it now (50 held-out clips, one seed each, so a few points are noise): the
-autoencoder, not the RVQ: without a quantiser it scores 74.5%. A wider or narrower
-latent is no better (32: 67.0%, 128: 69.5%, 256: 67.0%); twice the steps give 77.0%
-(886 s on one core), the shape loss at 3x weight 77.0%. It still misses quiet plucked
-notes and beeps, whose peaks come back 0.5-1.6 nepers low, and hears some bells, whose
-peaks do come back at their level, as other tonal events (plucked notes, beeps, a hum).
-Before the axes (bins in and out), nothing but steps had moved the score: per-frame
-LayerNorm 61.0% or no norm 62.5% instead of GroupNorm, 1024-wide input and output layers
-60.0%, no gradient clipping 59.0%, a per-frame loudness loss 63.0%; 256 channels for
-1600 steps 57.5%.
+What limits it now is the autoencoder, not the RVQ (without a quantiser it scores about
+the same). The README's "The toy world and the audio stack" keeps every run we measured.
 
     python codec.py --out runs/codec     # toy preset: 3200 steps, ~6 min on one CPU core, then scores
 """
