@@ -25,8 +25,9 @@ def save_checkpoint(path, model: nn.Module, step: int) -> None:
 
 def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module:
     """The model saved by save_checkpoint at path, in eval mode, or one clear error: the file
-    missing, unreadable (truncated), another model's, saved with a config other than
-    `config` (when given), or holding weights that do not fit its own config."""
+    missing, unreadable (truncated), another model's, written by an older version of the code
+    (its config lacks a field), saved with a config other than `config` (when given), or
+    holding weights that do not fit its own config."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {name} checkpoint there; train one with `{how}` or fix the path.")
@@ -40,6 +41,10 @@ def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module
     except (KeyError, TypeError):
         raise ValueError(f"{path}: not a {name} checkpoint (another model's?); pass the one `{how}` "
                          "wrote.") from None
+    missing = [f.name for f in fields(config_cls) if f.name not in ckpt["config"]]
+    if missing:  # the defaults of fields added since may not be what it was trained with
+        raise ValueError(f"{path}: written by an older version of this code (its config has no "
+                         f"{', '.join(missing)}); retrain it with `{how}`.")
     if config is not None and config != saved:
         diff = {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in fields(config_cls)
                 if getattr(saved, f.name) != getattr(config, f.name)}

@@ -24,14 +24,22 @@ stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.p
 100 Hz, average-pooled to the codec's 50 Hz. It is frozen by construction, which is
 the property the architecture relies on.
 
-Losses (codec_losses): L1 of log magnitudes, L1 of log-mels of the predicted magnitude
-at three mel resolutions, a spectral shape loss (below), the RVQ commitment loss and the
-semantic reconstruction (MSE); no waveform is made during training. The shape loss is the
-KL divergence between each frame's power spectrum and the predicted one, both normalised
-to sum to 1 over frequency: its gradient (predicted - true share of the frame's power) is
-large exactly at the tonal peaks, which the log-domain losses, ruled by the many quiet
-bins, leave blurred and 15-35 dB low. With it the analyzer found 47.5% of the events,
-order, counts and pitches in held-out reconstructions instead of 26.5% (800 steps each).
+Losses (codec_losses): L1 of log magnitudes, L1 of log-mels at three mel resolutions,
+a spectral shape loss, two losses on the tonal peaks, the RVQ commitment loss and the
+semantic reconstruction (MSE); no waveform is made during training. Each term answers a
+failure we measured (the README's codec list has the runs):
+- shape: the KL divergence between each frame's power spectrum and the predicted one,
+  both normalised to sum to 1 over frequency. Its gradient (predicted - true share of the
+  frame's power) is large at the loud peaks, which the log-domain terms, ruled by the
+  many quiet bins, left blurred and 15-35 dB low.
+- peak and slope: L1 of the log magnitude, and of its change from frame to frame, on the
+  bins of tonal peaks (peak_mask). Quiet and high partials (a bell's 2.76 and 5.4 x) came
+  back 10-40 dB low and smeared over their neighbours, and the codec flattened a note's
+  decay into a plateau and sagged a beep's plateau; the world's analyzer tells a beep
+  from a decaying partial by exactly that.
+MAG_FLOOR, added before the log, sits 70 dB under full scale: a lower floor (90 dB) spent
+the loss on differences between inaudible bins.
+
 The codebooks are not trained by gradients: each starts as k-means of the first batch's
 residuals, follows its assigned vectors by an exponential moving average, and a code
 that falls out of use restarts at a random residual of the batch. The adversarial term
@@ -44,17 +52,11 @@ fit_basis finds the principal axes of the training clips' log-magnitude frames (
 eigenvectors of their covariance: an initialisation from data, like the codebooks'
 k-means); the encoder reads each frame's coordinates on the top 256 axes, each scaled to
 unit variance, and the decoder writes coordinates that the same axes map back to 641
-bins. Projected onto 256 axes and back, with no codec at all, 50 held-out clips keep
-98.5% of the analyzer's score (128 axes: 79%, 64: 70%). Reading and writing the bins,
-the codec had to find such directions by gradient descent and did not in CPU minutes: it
-scored 60.5% on those 50 clips, below a linear projection onto 64 axes; with the axes,
-75.0% after the same 3200 steps. On 200 held-out clips (the CLI's default now; a 50-clip
-score is +-7 points) the gain is smaller: 56.0% -> 62.3%, log-mel distance 0.141 -> 0.131.
+bins. Projected onto 256 axes and back, with no codec at all, held-out clips keep 97-99%
+of the analyzer's score; reading and writing the bins, the codec had to find such
+directions by gradient descent and did not in CPU minutes.
 
-What limits it now is the autoencoder, not the RVQ (without a quantiser it scores about
-the same). The README's "The toy world and the audio stack" keeps every run we measured.
-
-    python codec.py --out runs/codec     # toy preset: 3200 steps, ~6 min on one CPU core, then scores
+    python codec.py --out runs/codec     # toy preset: 4800 steps, ~11 min on one CPU core, then scores
 """
 
 import argparse
@@ -72,7 +74,7 @@ from tqdm import tqdm
 
 import data
 from checkpoint import load_module, save_checkpoint  # noqa: F401 (save_checkpoint is re-exported)
-from encoder import hz_to_mel, log_mel_spectrogram, mel_to_hz
+from encoder import log_mel_spectrogram, mel_filters
 from analyzer import adherence, analyze
 
 # ---------------------------------------------------------------------------------------
@@ -86,9 +88,10 @@ CODEBOOK_SIZE = 1024
 TEACHER_DIM = 128  # log-mel bins of the stand-in semantic teacher
 N_FFT = 1280  # 80 ms frames, 4 x HOP: 12.5 Hz bins resolve the 100..200 Hz hums
 N_BINS = N_FFT // 2 + 1  # 641 magnitudes per frame, what the decoder predicts
-MAG_FLOOR = 1e-2  # added to |STFT| before the log: 90 dB under a full-scale sine's peak (320)
+MAG_FLOOR = 0.1  # added to |STFT| before the log: 70 dB under a full-scale sine's peak (320); a codec is trained for one
+PEAK_CONTRAST, PEAK_WIDTH = 2.0, 7  # nepers over the 17 bins around a tonal peak; bins of the mask per peak
 GL_ITERS = 32  # Griffin-Lim iterations in decode
-TRAIN_STEPS = 3200  # optimizer steps of the toy preset (train_codec, the CLI, train.py --codec_steps)
+TRAIN_STEPS = 4800  # optimizer steps of the toy preset (train_codec, the CLI, train.py --codec_steps)
 MEL_BANDS = (160, 80, 40)  # mel resolutions of the training loss on the predicted magnitude
 # (n_fft, n_mels) of the waveform losses; hop n_fft / 4. 2048 resolves the 150 Hz hums, 256 the clicks
 RESOLUTIONS = ((2048, 128), (1024, 80), (512, 64), (256, 32))
@@ -97,7 +100,7 @@ LOG_FLOOR = 1e-2  # added to |STFT| and mels before the log in the waveform loss
 
 @dataclass
 class CodecConfig:
-    channels: int = 128  # width of the encoder and decoder conv stacks
+    channels: int = 192  # width of the encoder and decoder conv stacks
     n_components: int = 256  # principal components of the log-magnitude frames the conv stacks read and write
     n_blocks: int = 4  # residual blocks in each stack
     latent_dim: int = 64  # acoustic latent per frame
@@ -112,6 +115,8 @@ class CodecConfig:
     commit_weight: float = 0.25
     semantic_weight: float = 1.0
     shape_weight: float = 1.0
+    peak_weight: float = 1.0  # L1 of log magnitudes on the tonal peaks (peak_mask)
+    slope_weight: float = 10.0  # L1 of their change from frame to frame
 
 
 CODEC_PRESETS = {
@@ -183,7 +188,7 @@ def stft_frames(wav: torch.Tensor) -> torch.Tensor:
 
 
 def log_magnitude(mag: torch.Tensor) -> torch.Tensor:
-    """|STFT| -> log(|STFT| + MAG_FLOOR), the codec's target: 0 -> -4.6, a full-scale sine's peak (320) -> 5.8."""
+    """|STFT| -> log(|STFT| + MAG_FLOOR), the codec's target: 0 -> -2.3, a full-scale sine's peak (320) -> 5.8."""
     return (mag + MAG_FLOOR).log()
 
 
@@ -447,11 +452,8 @@ class Codec(nn.Module):
 
 @lru_cache(maxsize=None)
 def mel_bank(n_fft: int, n_mels: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Triangular filters on the Slaney mel scale (peak 1) up to Nyquist: (1024, 80) -> [80, 513]."""
-    fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(torch.linspace(0, float(hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2))
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    return torch.minimum((fft_hz - lo) / (mid - lo), (hi - fft_hz) / (hi - mid)).clamp(min=0)
+    """encoder.mel_filters with each triangle's peak at 1, cached: (1024, 80) -> [80, 513]."""
+    return mel_filters(n_mels, n_fft, sample_rate, slaney=False)
 
 
 def magnitude(wav: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -484,15 +486,28 @@ def spectral_losses(pred: torch.Tensor, target: torch.Tensor) -> dict:
     return {"stft": stft / len(RESOLUTIONS), "mel": mel / len(RESOLUTIONS)}
 
 
+def peak_mask(log_mag: torch.Tensor) -> torch.Tensor:
+    """Where the tonal peaks are: log|STFT| [B, 641, T] -> 0/1 mask [B, 641, T].
+
+    A bin is a peak when it stands PEAK_CONTRAST nepers (17 dB) over the mean of the 17
+    bins around it (+-100 Hz); the mask takes in PEAK_WIDTH bins around it, the peak's
+    skirts. Noise does not pass: a noise bin's log magnitude exceeds its neighbours' mean
+    by 2 nepers with a probability of about e^-30, where a steady beep stands 4-5 over it.
+    """
+    local = F.avg_pool1d(log_mag.transpose(1, 2), 17, 1, 8, count_include_pad=False).transpose(1, 2)
+    peaks = (log_mag - local > PEAK_CONTRAST).float()
+    return F.max_pool1d(peaks.transpose(1, 2), PEAK_WIDTH, 1, PEAK_WIDTH // 2).transpose(1, 2)
+
+
 def codec_losses(codec: Codec, wav: torch.Tensor) -> dict:
     """wav [B, N] -> {'loss': weighted total, and each term}; no waveform is synthesised (no Griffin-Lim here).
 
     magnitude = L1 of the predicted vs true log(|STFT| + MAG_FLOOR), the decoder's direct
     target, plus spectral convergence ||t - p|| / ||t|| of the linear magnitudes; mel = L1
-    of log10 mels of the predicted vs true magnitude, mean over MEL_BANDS. The log terms
-    alone are ruled by the many near-silent bins: our first run matched them and left the
-    few bins of a tone's peak 20-30 dB low (the analyzer then found 4% of the events);
-    spectral convergence is ruled by the loud bins, where the events are.
+    of log10 mels of the predicted vs true magnitude, mean over MEL_BANDS; shape, peak and
+    slope as the module docstring says. The log terms alone are ruled by the many quiet
+    bins (our first run left a tone's peak 20-30 dB low); spectral convergence and shape
+    by the loud ones, peak and slope by the tonal ones, loud or quiet.
     """
     cfg, out = codec.config, codec(wav)
     pred, target = out["log_mag"], out["target"]
@@ -501,11 +516,16 @@ def codec_losses(codec: Codec, wav: torch.Tensor) -> dict:
     convergence = torch.linalg.norm(target_mag - pred_mag) / torch.linalg.norm(target_mag).clamp(min=MAG_FLOOR)
     power = F.softmax(2 * target, 1)  # each frame's power |X|^2 over frequency, as a distribution
     shape = (power * (power.clamp(min=1e-12).log() - F.log_softmax(2 * pred, 1))).sum(1).mean()
+    mask = peak_mask(target)
+    both = mask[..., 1:] * mask[..., :-1]  # a peak in this frame and the next
+    masked_l1 = lambda a, b, m: ((a - b).abs() * m).sum() / m.sum().clamp(min=1)
     terms = {"magnitude": F.l1_loss(pred, target) + convergence, "mel": mel, "shape": shape,
+             "peak": masked_l1(pred, target, mask), "slope": masked_l1(pred.diff(dim=-1), target.diff(dim=-1), both),
              "commit": out["commit"], "semantic": F.mse_loss(out["semantic"], out["teacher"])}
     terms["loss"] = (cfg.magnitude_weight * terms["magnitude"] + cfg.mel_weight * terms["mel"]
                      + cfg.shape_weight * terms["shape"] + cfg.commit_weight * terms["commit"]
-                     + cfg.semantic_weight * terms["semantic"])
+                     + cfg.semantic_weight * terms["semantic"] + cfg.peak_weight * terms["peak"]
+                     + cfg.slope_weight * terms["slope"])
     return terms
 
 

@@ -64,21 +64,24 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def mel_filters(n_mels: int) -> torch.Tensor:
-    """Slaney-normalised triangular mel filterbank, as librosa.filters.mel(sr=16000,
-    n_fft=400, n_mels=n_mels) (htk=False, norm="slaney") that Whisper ships.
+def mel_filters(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE, slaney: bool = True) -> torch.Tensor:
+    """Triangular mel filterbank on the Slaney mel scale, 0 Hz to Nyquist. With the defaults,
+    librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels) (htk=False, norm="slaney") that
+    Whisper ships: each band normalised to equal area. slaney=False leaves each triangle's
+    peak at 1 (the codec's and the VAE's spectral losses).
 
     mel_filters(128).shape == (128, 201): one row per mel band over the 201 FFT bins.
     """
-    fft_hz = torch.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1, dtype=torch.float64)  # (201,)
-    top_mel = hz_to_mel(torch.tensor(SAMPLE_RATE / 2, dtype=torch.float64))
+    fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # (201,)
+    top_mel = hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
     edges_hz = mel_to_hz(torch.linspace(0, float(top_mel), n_mels + 2, dtype=torch.float64))
     width = edges_hz.diff()  # (n_mels + 1,) Hz between neighbouring band edges
     ramps = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, 201)
     rising = -ramps[:-2] / width[:-1, None]  # 0 -> 1 from the lower edge to the centre
     falling = ramps[2:] / width[1:, None]  # 1 -> 0 from the centre to the upper edge
     weights = torch.clamp(torch.minimum(rising, falling), min=0)  # (n_mels, 201)
-    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # slaney: equal area per band
+    if slaney:
+        weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # equal area per band
     return weights.float()
 
 

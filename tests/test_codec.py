@@ -10,8 +10,8 @@ import torch
 
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   ResidualVQ, codec_losses, delay_pattern, evaluate_codec, griffin_lim, save_checkpoint, stft_frames,
-                   train_codec, undelay_pattern, world_clips)
+                   PEAK_WIDTH, ResidualVQ, codec_losses, delay_pattern, evaluate_codec, griffin_lim, log_magnitude,
+                   peak_mask, save_checkpoint, stft_frames, train_codec, undelay_pattern, world_clips)
 
 MICRO = CODEC_PRESETS["micro"]
 
@@ -106,6 +106,24 @@ def test_griffin_lim_recovers_a_sine_from_its_magnitude():
     assert torch.equal(griffin_lim(mag), wav)  # deterministic: a fixed-seed start phase
 
 
+def test_peak_mask_finds_a_tone_in_noise_and_nothing_in_noise_alone():
+    """A 1000 Hz sine (bin 80) over white noise 30 dB below it: the peaks are the Hann window's
+    main lobe, bins 79-81 (the outer two 6 dB down), and the mask those and PEAK_WIDTH // 2 bins
+    on either side, in every frame but the first (half of it is the padding's silence), and
+    nothing else; noise alone, loud or quiet, gives an empty mask."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+    noise = torch.randn(1, SAMPLE_RATE, generator=g)
+    for level in (0.003, 0.03, 0.3):
+        assert peak_mask(log_magnitude(stft_frames(level * noise).abs())).sum() == 0
+    tone = 0.3 * torch.sin(2 * math.pi * 1000 * t)[None] + 0.3 * 10 ** (-30 / 20) * noise
+    mask = peak_mask(log_magnitude(stft_frames(tone).abs()))[0]  # [641, 50]
+    half = PEAK_WIDTH // 2
+    want = torch.zeros(N_BINS, 1)
+    want[79 - half:81 + half + 1] = 1
+    assert torch.equal(mask[:, 1:], want.expand(-1, 49))
+
+
 # ---------------------------------------------------------------------------------------------- shapes and RVQ
 def test_encode_decode_shapes_and_rates(trained):
     codec, _ = trained
@@ -182,6 +200,11 @@ def test_bad_checkpoints_fail_clearly(tmp_path, trained):
     torch.save(ckpt, tmp_path / "edited.pt")
     with pytest.raises(ValueError, match="do not fit the saved config"):
         Codec.from_checkpoint(tmp_path / "edited.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["slope_weight"]  # as a codec trained before that loss existed
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="older version of this code .* no slope_weight"):
+        Codec.from_checkpoint(tmp_path / "old.pt")
     (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="not a readable codec checkpoint"):
         Codec.from_checkpoint(tmp_path / "corrupt.pt")
