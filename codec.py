@@ -40,12 +40,10 @@ failure we measured (the README's codec list has the runs):
 MAG_FLOOR, added before the log, sits 70 dB under full scale: a lower floor (90 dB) spent
 the loss on differences between inaudible bins.
 
-The codebooks are not trained by gradients: each starts as k-means of the first batch's
-residuals, follows its assigned vectors by an exponential moving average, and a code
-that falls out of use restarts at a random residual of the batch. The adversarial term
-of X-codec (and of DAC/EnCodec) is left out: it buys perceptual crispness after days of
-GPU training, whereas the toy world is scored by spectral analysis. The LM sees the
-tokens through the delay pattern (`delay_pattern`).
+The RVQ (rvq.py) learns its codebooks by k-means and moving averages, not gradients. The
+adversarial term of X-codec (and of DAC/EnCodec) is left out: it buys perceptual
+crispness after days of GPU training, whereas the toy world is scored by spectral
+analysis. The LM sees the tokens through the delay pattern (`delay_pattern`).
 
 The conv stacks do not read or write the 641 bins themselves. Before training,
 fit_basis finds the principal axes of the training clips' log-magnitude frames (the top
@@ -75,6 +73,7 @@ from tqdm import tqdm
 import data
 from checkpoint import load_module, save_checkpoint  # noqa: F401 (save_checkpoint is re-exported)
 from encoder import log_mel_spectrogram, mel_filters
+from rvq import ResidualVQ
 from analyzer import adherence, analyze
 
 # ---------------------------------------------------------------------------------------
@@ -263,90 +262,6 @@ def conv_stack(c_in: int, channels: int, c_out: int, n_blocks: int) -> nn.Sequen
 
 
 # ---------------------------------------------------------------------------------------
-# Residual vector quantisation
-
-
-class VectorQuantizer(nn.Module):
-    """One codebook of 1024 vectors, learned by k-means init + EMA, with dead-code restarts."""
-
-    def __init__(self, dim: int, decay: float, dead_threshold: float):
-        super().__init__()
-        self.decay, self.dead_threshold = decay, dead_threshold
-        self.register_buffer("codebook", torch.zeros(CODEBOOK_SIZE, dim))
-        self.register_buffer("ema_count", torch.zeros(CODEBOOK_SIZE))  # vectors assigned per batch
-        self.register_buffer("ema_sum", torch.zeros(CODEBOOK_SIZE, dim))  # their sum
-        self.register_buffer("initialised", torch.tensor(False))
-
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] -> index [N] of the closest code (squared Euclidean distance)."""
-        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1)
-        return d.argmin(1)
-
-    @torch.no_grad()
-    def kmeans_init(self, x: torch.Tensor, iters: int = 10):
-        """Codebook <- k-means of x [N, D], seeded with random rows (repeated when N < 1024)."""
-        self.codebook.copy_(x[torch.randint(len(x), (CODEBOOK_SIZE,))])
-        for _ in range(iters):
-            idx = self.nearest(x)
-            count = torch.bincount(idx, minlength=CODEBOOK_SIZE).float()
-            total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
-            used = count > 0
-            self.codebook[used] = total[used] / count[used, None]
-        self.ema_sum.copy_(self.codebook)
-        self.ema_count.fill_(1.0)
-        self.initialised.fill_(True)
-
-    @torch.no_grad()
-    def ema_update(self, x: torch.Tensor, idx: torch.Tensor):
-        """Move each code to the running mean of its vectors; restart the unused ones."""
-        count = torch.bincount(idx, minlength=CODEBOOK_SIZE).float()
-        total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
-        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
-        self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
-        self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None])
-        dead = self.ema_count < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead:
-            fresh = x[torch.randint(len(x), (n_dead,))]
-            self.codebook[dead], self.ema_sum[dead], self.ema_count[dead] = fresh, fresh, 1.0
-
-    def forward(self, x: torch.Tensor):
-        """x [N, D] -> (quantised [N, D] with straight-through gradient, codes [N], commitment loss)."""
-        if self.training and not self.initialised:
-            self.kmeans_init(x.detach())
-        idx = self.nearest(x.detach())
-        q = self.codebook[idx]
-        if self.training:
-            self.ema_update(x.detach(), idx)
-        commit = F.mse_loss(x, q)  # codebook is a buffer: only the encoder side gets gradient
-        return x + (q - x).detach(), idx, commit
-
-
-class ResidualVQ(nn.Module):
-    """Codebook k quantises what codebooks 1..k-1 left over: z [B, D, T] -> codes [B, 8, T]."""
-
-    def __init__(self, dim: int, decay: float, dead_threshold: float):
-        super().__init__()
-        self.layers = nn.ModuleList(VectorQuantizer(dim, decay, dead_threshold) for _ in range(N_CODEBOOKS))
-
-    def forward(self, z: torch.Tensor):
-        """z [B, D, T] -> (quantised [B, D, T], codes [B, 8, T], summed commitment loss)."""
-        B, D, T = z.shape
-        residual = z.transpose(1, 2).reshape(B * T, D)
-        quantised, codes, commit = torch.zeros_like(residual), [], 0.0
-        for vq in self.layers:
-            q, idx, c = vq(residual)
-            residual = residual - q.detach()
-            quantised, commit = quantised + q, commit + c
-            codes.append(idx.view(B, T))
-        return quantised.view(B, T, D).transpose(1, 2), torch.stack(codes, 1), commit
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, 8, T] -> sum of the chosen code vectors [B, D, T]."""
-        return sum(vq.codebook[codes[:, k]] for k, vq in enumerate(self.layers)).transpose(1, 2)
-
-
-# ---------------------------------------------------------------------------------------
 # The codec
 
 
@@ -364,7 +279,7 @@ class Codec(nn.Module):
         self.semantic_encoder = nn.Sequential(nn.Conv1d(TEACHER_DIM, cfg.semantic_dim, 3, padding=1), nn.ELU(),
                                               nn.Conv1d(cfg.semantic_dim, cfg.semantic_dim, 3, padding=1))
         self.fuse = nn.Conv1d(cfg.latent_dim + cfg.semantic_dim, cfg.code_dim, 1)  # X-codec's fc_prior
-        self.quantizer = ResidualVQ(cfg.code_dim, cfg.ema_decay, cfg.dead_threshold)
+        self.quantizer = ResidualVQ(N_CODEBOOKS, CODEBOOK_SIZE, cfg.code_dim, cfg.ema_decay, cfg.dead_threshold)
         self.to_acoustic = nn.Conv1d(cfg.code_dim, cfg.latent_dim, 1)  # X-codec's fc_post_a
         self.to_semantic = nn.Conv1d(cfg.code_dim, cfg.semantic_dim, 1)  # fc_post_s
         self.decoder = conv_stack(cfg.latent_dim, cfg.channels, cfg.n_components, cfg.n_blocks)  # -> coordinates

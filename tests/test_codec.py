@@ -10,8 +10,9 @@ import torch
 
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   PEAK_WIDTH, ResidualVQ, codec_losses, delay_pattern, evaluate_codec, griffin_lim, log_magnitude,
+                   PEAK_WIDTH, codec_losses, delay_pattern, evaluate_codec, griffin_lim, log_magnitude,
                    peak_mask, save_checkpoint, stft_frames, train_codec, undelay_pattern, world_clips)
+from rvq import ResidualVQ
 
 MICRO = CODEC_PRESETS["micro"]
 
@@ -140,7 +141,7 @@ def test_encode_decode_shapes_and_rates(trained):
 
 def test_each_codebook_lowers_the_quantisation_error():
     torch.manual_seed(0)
-    rvq = ResidualVQ(dim=8, decay=0.99, dead_threshold=1.0).train()
+    rvq = ResidualVQ(N_CODEBOOKS, CODEBOOK_SIZE, dim=8, decay=0.99, dead_threshold=1.0).train()
     z = torch.randn(16, 8, 256)  # 4096 vectors, more than the 1024 codes
     rvq(z)  # k-means init of every codebook on this batch's residuals
     residual, errors = z.transpose(1, 2).reshape(-1, 8), []
