@@ -37,8 +37,9 @@ failure we measured (the README's codec list has the runs):
   back 10-40 dB low and smeared over their neighbours, and the codec flattened a note's
   decay into a plateau and sagged a beep's plateau; the world's analyzer tells a beep
   from a decaying partial by exactly that.
-MAG_FLOOR, added before the log, sits 70 dB under full scale: a lower floor (90 dB) spent
-the loss on differences between inaudible bins.
+MAG_FLOOR, added before the log, sits 70 dB under full scale; with it 90 dB down, the
+L1 terms spent themselves on bins far under the events, and the codec scored 5.6 points
+lower on held-out clips.
 
 The RVQ (rvq.py) learns its codebooks by k-means and moving averages, not gradients. The
 adversarial term of X-codec (and of DAC/EnCodec) is left out: it buys perceptual
@@ -50,9 +51,9 @@ fit_basis finds the principal axes of the training clips' log-magnitude frames (
 eigenvectors of their covariance: an initialisation from data, like the codebooks'
 k-means); the encoder reads each frame's coordinates on the top 256 axes, each scaled to
 unit variance, and the decoder writes coordinates that the same axes map back to 641
-bins. Projected onto 256 axes and back, with no codec at all, held-out clips keep 97-99%
-of the analyzer's score; reading and writing the bins, the codec had to find such
-directions by gradient descent and did not in CPU minutes.
+bins. Projected onto 256 axes and back, with no codec at all, 100 held-out clips score
+97.0% on the analyzer (the originals of 200: 96.2%); reading and writing the bins, the
+codec had to find such directions by gradient descent and did not in CPU minutes.
 
     python codec.py --out runs/codec     # toy preset: 4800 steps, ~11 min on one CPU core, then scores
 """
