@@ -222,7 +222,7 @@ def main():
     p.add_argument("--data", default="toy")
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest (as train.py)")
     p.add_argument("--n_gen", type=int, default=20, help="held-out captions to generate")
-    p.add_argument("--n_questions", type=int, default=100)
+    p.add_argument("--n_questions", type=int, default=200)
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3, help="with --replicate: sampling seeds per generation cell, "

@@ -6,7 +6,8 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
 "feats": {path: ...}} keyed by the wav's path.
 
     tta          user: "Generate audio for this caption. <caption>"  -> assistant: audio
-    understand   user: "<question>", user: heard audio                -> assistant: "<answer>"
+    understand   user: "<question>", user: heard audio                -> assistant: "<answer>",
+                 then the clip's other questions, each a user turn and the assistant's answer
     text         user: "<problem>"                                    -> assistant: "<answer>"
     enrich       user: "<vague prompt>" -> assistant: "<rich caption>", assistant: audio
     dialogue     user: "Ask me about it first. <vague prompt>", then the model asks until
@@ -30,12 +31,23 @@ def tta(row, A):
             {"role": "assistant", "codes": A["codes"][row["location"]]}]
 
 
-def understand(item, A):
-    """An understanding.json item: the human turn is '<sound>\\n<question>'."""
-    human, gpt = item["conversations"][0]["value"], item["conversations"][1]["value"]
-    return [{"role": "user", "text": human.replace("<sound>", "").strip()},
-            {"role": "user", "feats": A["feats"][item["sound"]]},
-            {"role": "assistant", "text": gpt}]
+def understand(items, A, order=None):
+    """understanding.json items about one clip as one conversation: the clip is heard once,
+    with the first question, and every other question follows as a turn of its own, so its
+    frames are paid for once rather than once per question. `order` permutes the items (the
+    first question varies, as held-out questions come alone). A human turn is
+    '<sound>\\n<question>'; an item may hold several turns."""
+    items = [items[i] for i in order] if order is not None else items
+    out = []
+    for it in items:
+        for turn in it["conversations"]:
+            if turn["from"] == "human":
+                out.append({"role": "user", "text": turn["value"].replace("<sound>", "").strip()})
+                if len(out) == 1:
+                    out.append({"role": "user", "feats": A["feats"][it["sound"]]})
+            else:
+                out.append({"role": "assistant", "text": turn["value"]})
+    return out
 
 
 def text(item, A=None):

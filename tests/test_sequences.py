@@ -98,3 +98,22 @@ def test_loss_weights_by_hand():
             ce.append(sum(per) / 8)
     assert int(got["n"]) == len(ce) == 3 + 8  # <|assistant|>, <|audio|>, <|eos|> and 1 + 7 delayed rows
     torch.testing.assert_close(got["sum"] / got["n"], sum(ce) / len(ce), atol=1e-5, rtol=1e-5)
+
+
+def test_understanding_items_of_one_clip_become_one_conversation():
+    import tasks
+    feats = torch.zeros(3, 16)
+    items = [{"sound": "a.wav", "conversations": [{"from": "human", "value": "<sound>\nab"},
+                                                  {"from": "gpt", "value": "c"}]},
+             {"sound": "a.wav", "conversations": [{"from": "human", "value": "<sound>\nd"},
+                                                  {"from": "gpt", "value": "e"}]}]
+    conv = tasks.understand(items, {"feats": {"a.wav": feats}}, order=[1, 0])
+    assert [(m["role"], m.get("text")) for m in conv] == [("user", "d"), ("user", None), ("assistant", "e"),
+                                                          ("user", "ab"), ("assistant", "c")]
+    assert conv[1]["feats"] is feats  # heard once, with the first question
+    s = build(conv, enc, CFG)
+    t = N_SPECIAL
+    assert s.ids[:, 0].tolist() == [BOS, USER, TEXT, t + 3, EOT, USER, AUDIO, AUDIO_IN, AUDIO_IN, AUDIO_IN, EOS,
+                                    ASSISTANT, TEXT, t + 4, EOS, USER, TEXT, t + 0, t + 1, EOS,
+                                    ASSISTANT, TEXT, t + 2, EOS]
+    assert s.kind.tolist() == [NO_LOSS] * 11 + [TOKEN] * 4 + [NO_LOSS] * 5 + [TOKEN] * 4
