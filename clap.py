@@ -15,11 +15,14 @@ the timing the LM needs to count and to order events.
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, AudioEncoder
+from codec import learning_rate
+from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, SAMPLE_RATE, AudioEncoder
 from world import KEYWORDS
 
 K = len(KEYWORDS)
@@ -140,3 +143,43 @@ def pad_ids(seqs, pad, max_len=256):
     n = min(max_len, max(len(s) for s in seqs))
     return torch.tensor([s[:n] + [pad] * (n - len(s[:n])) for s in seqs], dtype=torch.long)
 
+
+
+def train_clap(clips, tok, steps, lr, batch, seed):
+    """clips: [(16 kHz waveform, generation record)] -> a trained Clap. Each step draws `batch`
+    clips; the text is the short caption on odd steps and the rich caption on even ones."""
+    model = Clap(ClapConfig(text_vocab=tok.vocab_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="clap")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup=50)
+        pick = torch.randperm(len(clips), generator=g)[:batch].tolist()
+        waves = [torch.from_numpy(clips[i][0]) for i in pick]
+        rows = [clips[i][1] for i in pick]
+        ids = pad_ids([tok.encode(r["caption"] if step % 2 else r["rich_caption"]) for r in rows], tok.vocab_size)
+        n25 = max(len(w) for w in waves) // SAMPLE_RATE * FEATURES_PER_SECOND + FEATURES_PER_SECOND
+        tags = torch.stack([frame_tags(r["events"], n25) for r in rows])
+        loss, parts = model.loss(waves, ids, tags)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(parts)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_clap(model, clips, tok):
+    """Held-out [(waveform, record)] -> {"top1": audio -> caption retrieval (is each clip's own
+    caption the nearest?), "true_pairs": mean CLAP score of the true pairs, "exact_events":
+    share of clips whose tagger names exactly their events}."""
+    feats, lengths = model.hear([torch.from_numpy(x) for x, _ in clips])
+    a = model.audio_embed(feats, lengths)
+    t = model.text_embed(pad_ids([tok.encode(r["caption"]) for _, r in clips], tok.vocab_size))
+    sim = a @ t.T
+    heard = model.heard_keywords(feats, lengths)
+    return {"top1": (sim.argmax(1) == torch.arange(len(clips))).float().mean().item(),
+            "true_pairs": sim.diag().mean().item(),
+            "exact_events": float(np.mean([h == {e["keyword"] for e in r["events"]} for h, (_, r) in zip(heard, clips)]))}

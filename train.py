@@ -41,7 +41,7 @@ import codec as codec_lib
 import sequences
 import tasks
 import vae as vae_lib
-from clap import Clap, ClapConfig, frame_tags, pad_ids
+import clap as clap_lib
 from data import SerialPool, load_audio, read_generation, read_reflection, read_text, read_understanding
 from model import N_SPECIAL, PRESETS, UALM, UALMConfig
 from sequences import FRAME, TOKEN, build, cfg_dropout, collate, loss_sums
@@ -160,39 +160,13 @@ def get_tokenizer(args):
 def stage_clap(args):
     tok = get_tokenizer(args)
     train, held = generation_clips(args)
-    model = Clap(ClapConfig(text_vocab=tok.vocab_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.clap_lr, weight_decay=0.01)
     clips = [(mono(r), r) for r in tqdm(train, desc="clap: loading clips")]
-    g = torch.Generator().manual_seed(args.seed)
-    bar = tqdm(range(args.clap_steps), desc="clap")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.clap_steps, args.clap_lr, warmup=50)
-        pick = torch.randperm(len(clips), generator=g)[:args.clap_batch].tolist()
-        waves = [torch.from_numpy(clips[i][0]) for i in pick]
-        rows = [clips[i][1] for i in pick]
-        ids = pad_ids([tok.encode(r["caption"] if step % 2 else r["rich_caption"]) for r in rows], tok.vocab_size)
-        n25 = max(len(w) for w in waves) // codec_lib.SAMPLE_RATE * 25 + 25
-        tags = torch.stack([frame_tags(r["events"], n25) for r in rows])
-        loss, parts = model.loss(waves, ids, tags)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(parts)
+    model = clap_lib.train_clap(clips, tok, args.clap_steps, args.clap_lr, args.clap_batch, args.seed)
     save_atomic(model.checkpoint(), os.path.join(args.out, "clap.pt"))
-    model.eval()
-    with torch.no_grad():  # retrieval on held-out clips: is each clip's own caption the nearest?
-        feats, lengths = model.hear([torch.from_numpy(mono(r)) for r in held])
-        a = model.audio_embed(feats, lengths)
-        t = model.text_embed(pad_ids([tok.encode(r["caption"]) for r in held], tok.vocab_size))
-        sim = a @ t.T
-        heard = model.heard_keywords(feats, lengths)
-    top1 = (sim.argmax(1) == torch.arange(len(held))).float().mean().item()
-    exact = np.mean([h == {e["keyword"] for e in r["events"]} for h, r in zip(heard, held)])
-    print(f"clap on {len(held)} held-out clips: audio->caption top-1 retrieval {100 * top1:.1f}% "
-          f"(chance {100 / len(held):.1f}%), mean CLAP score of true pairs {sim.diag().mean():.3f}; "
-          f"its tagger hears exactly the clip's events in {100 * exact:.1f}%")
+    r = clap_lib.evaluate_clap(model, [(mono(r), r) for r in held], tok)
+    print(f"clap on {len(held)} held-out clips: audio->caption top-1 retrieval {100 * r['top1']:.1f}% "
+          f"(chance {100 / len(held):.1f}%), mean CLAP score of true pairs {r['true_pairs']:.3f}; "
+          f"its tagger hears exactly the clip's events in {100 * r['exact_events']:.1f}%")
 
 
 # ----------------------------------------------------------------------------- the LM's data
@@ -226,7 +200,7 @@ def _load_ears(out, one_thread=True):
     if one_thread:  # one process per core beats two threads on these small convs
         torch.set_num_threads(1)
     _EARS["codec"] = codec_lib.Codec.from_checkpoint(os.path.join(out, "codec.pt"))
-    _EARS["clap"] = Clap.from_checkpoint(load_ckpt(os.path.join(out, "clap.pt"), "clap"))
+    _EARS["clap"] = clap_lib.Clap.from_checkpoint(load_ckpt(os.path.join(out, "clap.pt"), "clap"))
 
 
 @torch.no_grad()
