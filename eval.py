@@ -117,9 +117,20 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     return out
 
 
+# The world's question templates (world.py), by what they ask: the first key whose words a
+# question holds, e.g. "Is there a bell?" -> presence.
+QUESTION_KINDS = {"events in order": "Which sounds", "presence": "Is there", "ticks per second": "ticks per second",
+                  "count": "How many", "pitch": "low or high", "direction": "rising or falling",
+                  "loudness": "loud or quiet", "overlap": "at the same time", "order": "Which comes first"}
+
+
+def question_kind(question):
+    return next((k for k, words in QUESTION_KINDS.items() if words in question), "other")
+
+
 @torch.no_grad()
 def eval_understanding(rt, items):
-    qa, kw = [], []
+    qa, kw, kinds = [], [], {}
     for it in tqdm(items, desc="understanding"):
         question = it["conversations"][0]["value"].replace("<sound>", "").strip()
         truth = it["conversations"][1]["value"]
@@ -131,8 +142,10 @@ def eval_understanding(rt, items):
             kw.append(named_keywords(answer) == named_keywords(truth))
         elif "_qa" in it["id"]:
             qa.append(answer.lower() == truth.lower())
+            kinds.setdefault(question_kind(question), []).append(qa[-1])
     return {"answer_accuracy": float(np.mean(qa)) if qa else 0.0, "keyword_accuracy": float(np.mean(kw)) if kw else 0.0,
-            "n_questions": len(qa), "n_captions": len(kw)}
+            "n_questions": len(qa), "n_captions": len(kw),
+            "by_kind": {k: (sum(v), len(v)) for k, v in kinds.items()}}  # kind -> (right, asked)
 
 
 @torch.no_grad()
@@ -256,6 +269,7 @@ def main():
     u = eval_understanding(rt, und[:args.n_questions])
     print(f"understanding: answer accuracy {100 * u['answer_accuracy']:.1f}% ({u['n_questions']} questions), "
           f"caption keyword accuracy {100 * u['keyword_accuracy']:.1f}% ({u['n_captions']} captions)")
+    print("  answers by kind of question: " + ", ".join(f"{k} {r}/{n}" for k, (r, n) in u["by_kind"].items()))
     t = eval_text(rt, txt)
     print(f"text: arithmetic accuracy {100 * t['accuracy']:.1f}% ({len(txt)} problems)")
 

@@ -31,3 +31,17 @@ def test_kl_worked_example():
     p, q = torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.9, 0.1], dtype=torch.float64)
     assert kl(p, q) == pytest.approx(0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1))
     assert kl(p, p) == 0.0
+
+
+def test_every_question_of_the_world_has_its_kind():
+    import world
+    from eval import question_kind
+    asked = {}
+    for i in range(200):
+        for q, _ in world.questions(world.make_plan(0, i), np.random.default_rng(i)):
+            asked.setdefault(question_kind(q), q)
+    assert set(asked) == {"events in order", "presence", "ticks per second", "count", "pitch", "direction",
+                          "loudness", "overlap", "order"}
+    assert question_kind("How many ticks per second?") == "ticks per second"
+    assert question_kind("How many beeps are there?") == "count"
+    assert question_kind("Is there a bell?") == "presence"
