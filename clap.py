@@ -144,9 +144,8 @@ def pad_ids(seqs, pad, max_len=256):
     return torch.tensor([s[:n] + [pad] * (n - len(s[:n])) for s in seqs], dtype=torch.long)
 
 
-
 def train_clap(clips, tok, steps, lr, batch, seed):
-    """clips: [(16 kHz waveform, generation record)] -> a trained Clap. Each step draws `batch`
+    """clips: [(16 kHz waveform, generation record)], tok: the text tokenizer -> a trained Clap. Each step draws `batch`
     clips; the text is the short caption on odd steps and the rich caption on even ones."""
     model = Clap(ClapConfig(text_vocab=tok.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
