@@ -61,6 +61,11 @@ def frame_tags(events, n_frames):
     return tags
 
 
+def real_frames(feats, lengths):
+    """(B, T, d) features padded past each clip's length -> (B, T) bool, True on real frames."""
+    return torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None]
+
+
 class TextTower(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -96,7 +101,7 @@ class Clap(nn.Module):
         return self.audio.listen(waves)
 
     def audio_embed(self, feats, lengths):
-        keep = torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None]
+        keep = real_frames(feats, lengths)
         pooled = (feats * keep[..., None]).sum(1) / lengths[:, None]
         return F.normalize(self.audio_proj(pooled), dim=-1)
 
@@ -110,7 +115,7 @@ class Clap(nn.Module):
         logits = self.logit_scale.exp().clamp(max=100) * a @ t.T
         target = torch.arange(len(a), device=a.device)
         contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        keep = (torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None]).float()
+        keep = real_frames(feats, lengths).float()
         bce = F.binary_cross_entropy_with_logits(self.tagger(feats), tags[:, :feats.shape[1]], reduction="none")
         tagging = (bce.mean(-1) * keep).sum() / keep.sum()
         return contrastive + TAG_WEIGHT * tagging, {"contrastive": contrastive.item(), "tagging": tagging.item()}
@@ -118,8 +123,7 @@ class Clap(nn.Module):
     @torch.no_grad()
     def heard_keywords(self, feats, lengths, min_frames=3):
         """The tagger's reading: per clip, the keywords 'active' in at least min_frames frames."""
-        real = torch.arange(feats.shape[1], device=feats.device)[None, :, None] < lengths[:, None, None]
-        active = ((self.tagger(feats)[..., :K] > 0) & real).sum(1)  # (B, K) real frames over probability 0.5
+        active = ((self.tagger(feats)[..., :K] > 0) & real_frames(feats, lengths)[..., None]).sum(1)  # (B, K)
         return [{KEYWORDS[k] for k in range(K) if active[b, k] >= min_frames} for b in range(len(lengths))]
 
     @torch.no_grad()
