@@ -1,8 +1,11 @@
 """
 DPO on the model's own samples (paper section 7): `python train.py --stage dpo`.
 
-1. For training captions, sample several clips from the SFT model (CFG, as at inference),
-   decode them, and rank them with the CLAP reward: best and worst make a pair.
+1. For training captions, sample several clips from the SFT model itself (no CFG, temperature
+   1, no top-k: the reference's own distribution), decode them, and rank them with the CLAP
+   reward: best and worst make a pair. Pairs sampled as at inference (CFG 3, temperature 0.8,
+   top-k 20) are sharper than the model; training on them sharpened it, CFG at inference
+   sharpened it again, and DPO made CLAP and FD worse (README, DPO).
 2. Train against a frozen copy of the SFT model: a cross-entropy warm-up on the winners,
    then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) plus a CE term on winners,
    with log-probabilities over the audio tokens weighted 1/8 as in the loss.
@@ -26,7 +29,7 @@ from train import fail, get_tokenizer, lm_data, load_ckpt, lr_at, n_loss_positio
 
 @torch.no_grad()
 def dpo_pairs(args, policy, tok, rows, codec, clap):
-    """For each prompt, --dpo_samples clips from the model itself, ranked by the CLAP reward:
+    """For each prompt, --dpo_samples clips sampled from the model itself, ranked by the CLAP reward:
     (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt."""
     path = os.path.join(args.out, "dpo_pairs.pt")
     if os.path.isfile(path):
@@ -36,7 +39,8 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
     pairs = []
     for r in tqdm(rows[:args.dpo_prompts], desc="dpo: sampling and ranking"):
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + r["caption"]}], tok, policy.cfg, AUDIO)
-        codes = generate_audio(policy, x, n=args.dpo_samples, max_frames=int(r["duration"] * 50) + 50, generator=g)
+        codes = generate_audio(policy, x, n=args.dpo_samples, cfg_scale=1.0, temperature=1.0, top_k=None,
+                               max_frames=int(r["duration"] * 50) + 50, generator=g)
         codes = [c for c in codes if audible(c)]  # CLAP hears 30 ms or more
         if len(codes) < 2:
             continue
@@ -64,6 +68,13 @@ def pair_ce(model, pairs, tok):
             batch = collate([s], [[0]], len(s))
             ce[k].append(float(-row_logp(model, batch)[0]) / n_loss_positions(batch))
     return float(np.mean(ce[0])), float(np.mean(ce[1]))
+
+
+def dpo_loss(pi, ref, beta):
+    """pi, ref: log-probabilities of (winner, loser) under the policy and the frozen reference
+    -> (-log sigmoid(beta * margin), margin), margin = (pi_w - ref_w) - (pi_l - ref_l)."""
+    margin = (pi[0] - ref[0]) - (pi[1] - ref[1])
+    return -torch.nn.functional.logsigmoid(beta * margin), margin
 
 
 def train_dpo(args):
@@ -97,8 +108,7 @@ def train_dpo(args):
             ref = row_logp(reference, batch)
         frames = n_loss_positions(collate(s[:1], [[0]], len(s[0])))
         ce = -pi[0] / frames  # the winner's cross-entropy per frame
-        margin = (pi[0] - ref[0]) - (pi[1] - ref[1])
-        dpo = -torch.nn.functional.logsigmoid(args.dpo_beta * margin)
+        dpo, margin = dpo_loss(pi, ref, args.dpo_beta)
         loss = ce if step < args.dpo_warmup else dpo + args.dpo_ce * ce
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,5 +1,7 @@
 """sequences.py: the template as a worked example, packing, and the packed loss."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,3 +119,23 @@ def test_understanding_items_of_one_clip_become_one_conversation():
                                     ASSISTANT, TEXT, t + 4, EOS, USER, TEXT, t + 0, t + 1, EOS,
                                     ASSISTANT, TEXT, t + 2, EOS]
     assert s.kind.tolist() == [NO_LOSS] * 11 + [TOKEN] * 4 + [NO_LOSS] * 5 + [TOKEN] * 4
+
+
+def test_row_logp_is_each_rows_audio_log_likelihood():
+    """What DPO compares: per row of a padded batch, minus the audio part of that sample's
+    loss (each codebook's CE weighing 1/8), which test_loss_weights_by_hand checks by hand."""
+    torch.manual_seed(2)
+    model = UALM(CFG).eval()
+    samples = [build([{"role": "user", "text": t}, {"role": "assistant", "codes": torch.randint(0, 1024, (8, n))}],
+                     enc, CFG) for t, n in (("ab", 6), ("cde", 2))]
+    got = sequences.row_logp(model, collate(samples, [[0], [1]], max(len(s) for s in samples)))
+    want = torch.stack([-loss_sums(model, collate([s], [[0]], len(s)))["codebooks"].sum() / 8 for s in samples])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_dpo_loss_worked_example():
+    from dpo import dpo_loss
+    # the policy raised the winner by 1 nat over the reference and lowered the loser by 1: margin 2
+    loss, margin = dpo_loss(torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -11.0]), beta=0.1)
+    assert float(margin) == 2.0
+    assert float(loss) == pytest.approx(math.log(1 + math.exp(-0.2)))
