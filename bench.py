@@ -85,7 +85,7 @@ base = vm("VmRSS:")
 t = time.perf_counter()
 fn = sys.argv[2] + "/model.safetensors"
 if sys.argv[1] == "from_pretrained":
-    tensors = list(Qwen2.from_pretrained(sys.argv[2]).state_dict().values())
+    tensors = list(Qwen2.from_pretrained(sys.argv[2]).parameters())
 elif sys.argv[1] == "load_safetensors":
     tensors = list(load_safetensors(fn).values())
 else:
