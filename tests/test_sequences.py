@@ -1,4 +1,4 @@
-"""sequences.py: the template as a worked example, packing, and the packed loss."""
+"""sequences.py: the template as a worked example, packing, the packed loss, and what DPO compares."""
 
 import math
 
