@@ -149,6 +149,25 @@ def eval_understanding(rt, items):
 
 
 @torch.no_grad()
+def eval_binding(rt, rows):
+    """Does the model read the sound a question names? For each clip whose events differ in
+    loudness, ask 'Is the X loud or quiet?' of every event: -> (clips where every answer was
+    the same, clips asked, right answers, questions). A model that answers from the clip as a
+    whole gives one answer per clip."""
+    same = right = asked = 0
+    clips = [r for r in rows if len({e["loudness"] for e in r["events"]}) > 1]
+    for r in tqdm(clips, desc="binding"):
+        feats, answers = listen(rt, r["location"]), []
+        for e in r["events"]:
+            x, f = prefix([{"role": "user", "text": f"Is the {e['keyword']} loud or quiet?"},
+                           {"role": "user", "feats": feats}], rt.tok, rt.model.cfg, TEXT)
+            answers.append(decode_text(rt.tok, generate_text(rt.model, x, f, max_tokens=5)).strip())
+            right += answers[-1] == e["loudness"]
+        same, asked = same + (len(set(answers)) == 1), asked + len(answers)
+    return same, len(clips), right, asked
+
+
+@torch.no_grad()
 def eval_text(rt, items):
     right = []
     for it in tqdm(items, desc="text"):
@@ -270,6 +289,9 @@ def main():
     print(f"understanding: answer accuracy {100 * u['answer_accuracy']:.1f}% ({u['n_questions']} questions), "
           f"caption keyword accuracy {100 * u['keyword_accuracy']:.1f}% ({u['n_captions']} captions)")
     print("  answers by kind of question: " + ", ".join(f"{k} {r}/{n}" for k, (r, n) in u["by_kind"].items()))
+    same, clips, right, asked = eval_binding(rt, gen)
+    print(f"  'Is the X loud or quiet?' of every event of the {clips} clips whose events differ in loudness: "
+          f"one answer for all of a clip's events in {same} of {clips}, right {right}/{asked}")
     t = eval_text(rt, txt)
     print(f"text: arithmetic accuracy {100 * t['accuracy']:.1f}% ({len(txt)} problems)")
 

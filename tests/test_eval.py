@@ -45,3 +45,23 @@ def test_every_question_of_the_world_has_its_kind():
     assert question_kind("How many ticks per second?") == "ticks per second"
     assert question_kind("How many beeps are there?") == "count"
     assert question_kind("Is there a bell?") == "presence"
+
+
+def test_binding_worked_example(monkeypatch):
+    """eval_binding on three hand-made clips (the second has one loudness: not asked), with two
+    stand-in models: one that reads the named sound, one that always says 'loud'."""
+    import eval as ev
+    rows = [{"location": "a", "events": [{"keyword": "bell", "loudness": "loud"}, {"keyword": "drum", "loudness": "quiet"}]},
+            {"location": "b", "events": [{"keyword": "hum", "loudness": "quiet"}, {"keyword": "beep", "loudness": "quiet"}]},
+            {"location": "c", "events": [{"keyword": "hiss", "loudness": "loud"}, {"keyword": "ticking", "loudness": "quiet"},
+                                         {"keyword": "bell", "loudness": "loud"}]}]
+    truth = {(r["location"], e["keyword"]): e["loudness"] for r in rows for e in r["events"]}
+    monkeypatch.setattr(ev, "listen", lambda rt, path: path)
+    monkeypatch.setattr(ev, "prefix", lambda messages, *a: ((messages[1]["feats"], messages[0]["text"]), None))
+    monkeypatch.setattr(ev, "decode_text", lambda tok, answer: answer)
+    rt = type("Runtime", (), {"tok": None, "model": type("M", (), {"cfg": None})})
+    reads = lambda model, x, f, max_tokens: truth[x[0], x[1].split("Is the ")[1].split(" loud")[0]]  # noqa: E731
+    monkeypatch.setattr(ev, "generate_text", reads)
+    assert ev.eval_binding(rt, rows) == (0, 2, 5, 5)
+    monkeypatch.setattr(ev, "generate_text", lambda *a, **k: "loud")
+    assert ev.eval_binding(rt, rows) == (2, 2, 3, 5)
