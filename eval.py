@@ -128,16 +128,19 @@ def question_kind(question):
     return next((k for k, words in QUESTION_KINDS.items() if words in question), "other")
 
 
+def ask(rt, question, feats, max_tokens=80):
+    """A question, then the clip's frames, as eval asks it: -> the greedy answer."""
+    x, f = prefix([{"role": "user", "text": question}, {"role": "user", "feats": feats}], rt.tok, rt.model.cfg, TEXT)
+    return decode_text(rt.tok, generate_text(rt.model, x, f, max_tokens=max_tokens)).strip()
+
+
 @torch.no_grad()
 def eval_understanding(rt, items):
     qa, kw, kinds = [], [], {}
     for it in tqdm(items, desc="understanding"):
         question = it["conversations"][0]["value"].replace("<sound>", "").strip()
         truth = it["conversations"][1]["value"]
-        feats = listen(rt, it["sound"])
-        x, f = prefix([{"role": "user", "text": question}, {"role": "user", "feats": feats}], rt.tok,
-                      rt.model.cfg, TEXT)
-        answer = decode_text(rt.tok, generate_text(rt.model, x, f, max_tokens=80)).strip()
+        answer = ask(rt, question, listen(rt, it["sound"]))
         if it["id"].endswith("_caption"):
             kw.append(named_keywords(answer) == named_keywords(truth))
         elif "_qa" in it["id"]:
@@ -159,9 +162,7 @@ def eval_binding(rt, rows):
     for r in tqdm(clips, desc="binding"):
         feats, answers = listen(rt, r["location"]), []
         for e in r["events"]:
-            x, f = prefix([{"role": "user", "text": f"Is the {e['keyword']} loud or quiet?"},
-                           {"role": "user", "feats": feats}], rt.tok, rt.model.cfg, TEXT)
-            answers.append(decode_text(rt.tok, generate_text(rt.model, x, f, max_tokens=5)).strip())
+            answers.append(ask(rt, f"Is the {e['keyword']} loud or quiet?", feats, max_tokens=5))
             right += answers[-1] == e["loudness"]
         same, asked = same + (len(set(answers)) == 1), asked + len(answers)
     return same, len(clips), right, asked
