@@ -149,8 +149,9 @@ def pad_ids(seqs, pad, max_len=256):
 
 
 def train_clap(clips, tok, steps, lr, batch, seed):
-    """clips: [(16 kHz waveform, generation record)], tok: the text tokenizer -> a trained Clap. Each step draws `batch`
-    clips; the text is the short caption on odd steps and the rich caption on even ones."""
+    """clips: [(16 kHz waveform, generation record)], tok: the text tokenizer -> a trained Clap.
+    Each step draws `batch` clips; the text is the short caption on odd steps and the rich
+    caption on even ones."""
     model = Clap(ClapConfig(text_vocab=tok.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)

@@ -79,7 +79,7 @@ def dpo_loss(pi, ref, beta):
 
 def train_dpo(args):
     """DPO on the model's own samples (paper section 7): a frozen reference, a CE warm-up on
-    the winners, then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) + CE on winners."""
+    the winners, then dpo_loss + --dpo_ce x CE on the winners."""
     tok = get_tokenizer(args)
     data = lm_data(args)
     ckpt = load_ckpt(os.path.join(args.out, "sft.pt"), "sft")
