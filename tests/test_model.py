@@ -214,7 +214,7 @@ def test_ualm_from_qwen_keeps_text_behaviour(ckpts, name):
     assert u.lm.cfg.tie_word_embeddings == (name == "tied")
 
 
-def test_ualm_streams_and_audio_slots():
+def test_ualm_streams_and_audio_slots(monkeypatch):
     torch.manual_seed(0)
     cfg = UALMConfig(text_size=50, audio_dim=12, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
                                                                num_hidden_layers=2, num_attention_heads=4,
@@ -246,16 +246,20 @@ def test_ualm_streams_and_audio_slots():
         for k in range(N_STREAMS):
             lo = cfg.audio_offset + k * 1025
             torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
-        for last in (h[:, -1], h[0, -2:]):  # one and two rows: the decoding path of audio_logits
-            torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
+        for wins in ({}, {1: True, 2: True}):  # F.linear's einsum, then the CPU decode path (bmm)
+            monkeypatch.setattr(model_lib, "OWN_PATH_WINS", wins)
+            for last in (h[:, -1], h[0, -2:]):  # one and two rows: the decoding path of audio_logits
+                torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
     with pytest.raises(ValueError, match="1 audio frames given for 2"):
         u.embed(grid, feats[:1])
 
 
 @pytest.mark.parametrize("shape", [(1, 1000), (2, 1, 1000), (4, 1000), (3, 5, 1000)])
-def test_linear_gemv_path_equals_f_linear(shape):
-    """model.Linear takes W @ x.T (or oneDNN's inner product for one row without grad) for a
-    few rows and a large weight (the decode paths): the same values and gradients as F.linear."""
+def test_linear_gemv_path_equals_f_linear(shape, monkeypatch):
+    """model.Linear takes own_matmul (W @ x.T, or oneDNN's inner product for one row without
+    grad) for a few rows and a large weight where it is the faster (here forced, whatever this
+    CPU's calibration says): the same values and gradients as F.linear."""
+    monkeypatch.setattr(model_lib, "OWN_PATH_WINS", {1: True, 2: True})
     torch.manual_seed(0)
     lin = model_lib.Linear(1000, 1100)  # 1.1M elements: over GEMV_MIN_SIZE
     torch.nn.init.normal_(lin.weight, std=0.02)
