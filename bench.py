@@ -23,7 +23,8 @@ from dataclasses import asdict
 
 import torch
 
-from model import PRESETS, Qwen2, save_safetensors
+from checkpoint import save_safetensors
+from model import PRESETS, Qwen2
 
 
 def copy_bandwidth(gb=1.0):
@@ -79,7 +80,8 @@ LOAD_CHILD = """
 import sys, time, torch
 def vm(key):  # this process's own counters (ru_maxrss would carry the parent's peak over exec)
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
-from model import Qwen2, load_safetensors
+from checkpoint import load_safetensors
+from model import Qwen2
 from safetensors.torch import load_file
 base = vm("VmRSS:")
 t = time.perf_counter()

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import load_safetensors
+
 # ---------------------------------------------------------------------------------------
 # Audio constants (Whisper's; X-codec on the output side uses the same 16 kHz)
 
@@ -308,8 +310,6 @@ def load_whisper_encoder(folder, dtype: torch.dtype | None = None, device=None) 
     Weights come out in fp32 on the CPU unless dtype / device say otherwise.
     E.g. load_whisper_encoder("whisper-large-v3/") -> AudioEncoder(ENCODER_PRESETS["whisper-large-v3"]).
     """
-    from model import load_safetensors  # imported here: model.py may import this file
-
     folder = Path(folder)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):

@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM  # noqa: E402
 
 import model as model_lib  # noqa: E402
-from model import (AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, doc_segments,  # noqa: E402
-                   load_safetensors, packed_mask, save_safetensors)
+from checkpoint import load_safetensors, save_safetensors  # noqa: E402
+from model import AUDIO_IN, N_SPECIAL, N_STREAMS, PAD, Qwen2, UALM, UALMConfig, doc_segments, packed_mask  # noqa: E402
 
 V = 320
 
