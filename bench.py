@@ -24,6 +24,7 @@ from dataclasses import asdict
 import torch
 
 from checkpoint import save_safetensors
+import model as model_lib
 from model import PRESETS, Qwen2
 
 
@@ -67,6 +68,9 @@ def bench_decode(preset="qwen2.5-0.5b", new_tokens=64, prompt_len=16, repeats=2,
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # every weight read once a token
     bound = bw / nbytes
     print(f"decode {preset} fp32 CPU batch {batch}, {new_tokens} new tokens ({torch.get_num_threads()} threads)")
+    wins = model_lib.calibrate_cpu_matmul()
+    print("  model.Linear for few rows on this CPU: " + ", ".join(
+        f"{'1 row' if r == 1 else '2-4 rows'}: {'own_matmul' if wins[r] else 'F.linear'}" for r in sorted(wins)))
     for name in runs:
         tps = new_tokens / best[name]
         print(f"  {name:13s} {tps:7.2f} tok/s a row  ({tps / bound:5.1%} of the bandwidth bound)")
