@@ -77,7 +77,7 @@ PRESETS = {
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.empty(dim))  # ones, set by _init_weights (or loaded)
         self.eps = eps
 
     def forward(self, x):
@@ -366,6 +366,8 @@ def _init_weights(m):
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Embedding):
         nn.init.normal_(m.weight, std=0.02)
+    elif isinstance(m, RMSNorm):
+        nn.init.ones_(m.weight)
 
 # -----------------------------------------------------------------------------
 # Loading: every key and shape checked before anything is assigned
