@@ -8,6 +8,8 @@ Benchmarks: each figure is a ratio against a reference measured in the same run.
     python bench.py sample     # text-to-audio with CFG on the trained toy model: x real time, split by part,
                                # eager and with sample.py --compile
     python bench.py all
+    python bench.py gpu        # on CUDA: decode (eager, compiled, transformers), training tokens/s and MFU,
+                               # the frame loop of sampling; Qwen2.5-0.5B and 1.5B shapes, bf16
 
 Needs the test requirements (transformers, tokenizers, safetensors) for the references.
 """
@@ -28,14 +30,21 @@ import model as model_lib
 from model import PRESETS, Qwen2
 
 
-def copy_bandwidth(gb=1.0):
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(gb=1.0, device="cpu"):
     """Measured memory bandwidth in bytes/s: a large tensor copy, bytes read + written."""
-    a = torch.ones(int(gb * 2**30) // 8, dtype=torch.float32)
+    a = torch.ones(int(gb * 2**30) // 8, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
     b.copy_(a)
+    sync(device)
     t = time.perf_counter()
     for _ in range(5):
         b.copy_(a)
+    sync(device)
     return 5 * 2 * a.numel() * 4 / (time.perf_counter() - t)
 
 
@@ -173,24 +182,30 @@ def bench_tokenizer():
     print(f"  ratio ours / tokenizers: {times['tokenizers'] / times['ours']:.2f}x (reported)")
 
 
-def bench_train(preset="tiny", rows=4, budget=1024, steps=5):
-    """Tokens/s of one training step (forward, backward, AdamW) of the toy UALM on packed
-    text-to-audio samples, against transformers' Qwen2ForCausalLM training on the same
-    backbone config, the same number of positions and vocabulary size."""
-    from model import UALM, UALMConfig
-    from sequences import build, collate, loss_sums, pack
-    torch.manual_seed(0)
-    cfg = UALMConfig(text_size=1024, audio_dim=128, backbone=asdict(PRESETS[preset]))
-    ours = UALM(cfg)
-    g = torch.Generator().manual_seed(0)
+def packed_tta_batch(cfg, rows, budget, seed=0):
+    """rows x budget positions packed with random text-to-audio samples (10-40 text tokens,
+    100-250 frames of codes), as train.py packs them."""
+    from sequences import build, collate, pack
+    g = torch.Generator().manual_seed(seed)
     samples = []
     while sum(len(x) for x in samples) < rows * budget * 1.3:
         text = torch.randint(0, 1024, (int(torch.randint(10, 40, (1,), generator=g)),), generator=g).tolist()
         codes = torch.randint(0, 1024, (8, int(torch.randint(100, 250, (1,), generator=g))), generator=g)
         samples.append(build([{"role": "user", "text": "x"}, {"role": "assistant", "codes": codes}],
                              lambda s: text, cfg))
-    bins = pack([len(x) for x in samples], budget)[:rows]
-    batch = collate(samples, bins, budget)
+    return collate(samples, pack([len(x) for x in samples], budget)[:rows], budget)
+
+
+def bench_train(preset="tiny", rows=4, budget=1024, steps=5):
+    """Tokens/s of one training step (forward, backward, AdamW) of the toy UALM on packed
+    text-to-audio samples, against transformers' Qwen2ForCausalLM training on the same
+    backbone config, the same number of positions and vocabulary size."""
+    from model import UALM, UALMConfig
+    from sequences import loss_sums
+    torch.manual_seed(0)
+    cfg = UALMConfig(text_size=1024, audio_dim=128, backbone=asdict(PRESETS[preset]))
+    ours = UALM(cfg)
+    batch = packed_tta_batch(cfg, rows, budget)
     real = int((batch["doc"] >= 0).sum())
     ref = hf_twin_config(cfg.backbone_config())
     ids = torch.randint(0, cfg.vocab_size, (rows, budget))
@@ -282,6 +297,177 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0, repeats=3):
             f"{k} {v:.2f} s ({v / total:.0%}, {made / v:.1f}x alone)" for k, v in t.items()))
 
 
+# -----------------------------------------------------------------------------
+# On a GPU (`python bench.py gpu`; `--device cpu --presets tiny` runs the same code on a CPU)
+
+
+def matmul_flops(device, dtype):
+    """Measured dense matmul FLOP/s: the in-run reference for MFU (8192^3 on a GPU)."""
+    n = 8192 if torch.device(device).type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 10 * 2 * n**3 / (time.perf_counter() - t)
+
+
+def decode_one(model, ids, pos):
+    return model(ids, input_pos=pos)[:, -1]
+
+
+def greedy(model, x, new_tokens, step):
+    """Greedy decoding over caches already set up (setup_cache): -> (B, T + new_tokens)."""
+    pos = torch.arange(x.shape[1], device=x.device)
+    out = [x, decode_one(model, x, pos).argmax(-1, keepdim=True)]
+    for _ in range(new_tokens - 1):
+        pos = pos[-1:] + 1
+        out.append(step(model, out[-1], pos).argmax(-1, keepdim=True))
+    return torch.cat(out, 1)
+
+
+def timed(fn, device, repeats=3):
+    """(best seconds of `repeats` calls after one warm-up, the last result)."""
+    out = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+@torch.no_grad()
+def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
+    """Greedy tokens/s, eager and compiled, against transformers' generate and the bound
+    (bytes of weights a token over the measured copy bandwidth)."""
+    torch.manual_seed(0)
+    model = Qwen2(PRESETS[preset]).eval()
+    ref = hf_twin(model).to(device, dtype)
+    model.to(device, dtype)
+    x = torch.randint(0, 1000, (batch, 16), device=device)
+    model.setup_cache(batch, 16 + new_tokens)  # once: the compiled step keeps its buffers
+    runs = {"ours eager": lambda: greedy(model, x, new_tokens, decode_one),
+            "ours compiled": lambda: greedy(model, x, new_tokens, compiled),
+            "transformers": lambda: ref.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                 do_sample=False, pad_token_id=0)}
+    compiled = torch.compile(decode_one, mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
+    t = time.perf_counter()
+    greedy(model, x, 3, compiled)  # compiles (and records the CUDA graph)
+    print(f"decode {preset} {str(dtype)[6:]} on {device}, batch {batch}, {new_tokens} new tokens "
+          f"(compiling took {time.perf_counter() - t:.1f} s)")
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = copy_bandwidth(device=device) / nbytes
+    res = {name: timed(fn, device) for name, fn in runs.items()}
+    for name, (sec, out) in res.items():
+        same = int((out == res["transformers"][1]).all(0).cumprod(0).sum()) - x.shape[1]
+        print(f"  {name:14s} {new_tokens / sec:8.1f} tok/s a row ({new_tokens / sec / bound:6.1%} of the bound); "
+              f"its first {same} of {new_tokens} tokens equal transformers'")
+    print(f"  bound: {nbytes / 1e9:.2f} GB of weights a token -> {bound:.0f} tok/s; compiled / transformers "
+          f"{res['transformers'][0] / res['ours compiled'][0]:.2f}x, eager / transformers "
+          f"{res['transformers'][0] / res['ours eager'][0]:.2f}x")
+
+
+def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
+    """Training tokens/s and MFU of UALM at a Qwen2.5 shape, bf16 autocast and AdamW as train.py,
+    eager (attention per packed sample) and compiled (one dense mask). FLOPs are counted by
+    torch's FlopCounterMode on the eager step (attention within samples only, counted in full)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import sequences
+    from model import UALM, UALMConfig
+    from sequences import loss_sums
+    from train import to_device
+    torch.manual_seed(0)
+    backbone = PRESETS[preset]
+    model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(device)
+    batch = to_device(packed_tta_batch(model.cfg, rows, budget), device)
+    real = int((batch["doc"] >= 0).sum())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=torch.device(device).type == "cuda")
+
+    def step(net):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            r = loss_sums(net, batch)
+        (r["sum"] / r["n"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step(model)
+    flops = counter.get_total_flops()
+    measured = matmul_flops(device, torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"train {preset} UALM ({n_params / 1e9:.2f}B params) on {device}, bf16 autocast, {rows} x {budget} "
+          f"packed positions ({real / (rows * budget):.1%} real), {flops / real / 1e9:.2f} GFLOP a real token; "
+          f"dense bf16 matmul measured at {measured / 1e12:.0f} TFLOP/s")
+    for name in ("eager", "compiled"):
+        sequences.DENSE_MASK = name == "compiled"
+        net = torch.compile(model) if name == "compiled" else model
+        t = time.perf_counter()
+        step(net)
+        warm = time.perf_counter() - t
+        sec, _ = timed(lambda: step(net), device, steps)
+        peak = f", MFU {flops / sec / (peak_tflops * 1e12):.1%} of {peak_tflops:.0f} TFLOP/s" if peak_tflops else ""
+        print(f"  {name:8s} {real / sec:9.0f} real tok/s, {flops / sec / measured:.1%} of the measured matmul rate"
+              f"{peak} (first step {warm:.1f} s)")
+    sequences.DENSE_MASK = False
+    if torch.device(device).type == "cuda":
+        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+@torch.no_grad()
+def gpu_sample(preset, device, dtype, seconds=5.0):
+    """The LM's frame loop of sample.py (CFG 3: 2 rows) at a Qwen2.5 shape with random weights:
+    seconds of audio per second, eager and with sample.py --compile's step, against the bound
+    (every weight read once a frame). Each codebook's pad row of the head is zeroed so that
+    random weights never end a clip early: every run writes the same number of frames."""
+    import sample
+    from codec import FRAME_RATE
+    from model import ASSISTANT, AUDIO, BOS, INTERVAL, N_SPECIAL, N_STREAMS, UALM, UALMConfig
+    torch.manual_seed(0)
+    backbone = PRESETS[preset]
+    model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(device, dtype).eval()
+    model.lm.lm_head.weight[model.cfg.audio_offset::INTERVAL] = 0  # each interval's pad id
+    rows = torch.zeros(32, N_STREAMS, dtype=torch.long)
+    rows[:, 0] = torch.cat([torch.tensor([BOS]), N_SPECIAL + torch.randint(0, 1000, (29,)), torch.tensor([ASSISTANT, AUDIO])])
+    frames = int(seconds * FRAME_RATE)
+    eager, compiled = sample.decode_step, sample.compile_decode_step(device)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read every weight once
+    print(f"sample: the LM's frame loop at {preset} shape, {str(dtype)[6:]} on {device}, CFG 3, {seconds:.0f} s clips")
+    for name, step in (("eager", eager), ("compiled", compiled)):
+        sample.decode_step = step
+        g = torch.Generator(device=device).manual_seed(0)
+        sec, codes = timed(lambda: sample.generate_audio(model, rows, cfg_scale=3.0, max_frames=frames,
+                                                         generator=g), device)
+        made = codes[0].shape[1] / FRAME_RATE
+        print(f"  {name:8s} {made / sec:7.1f}x real time ({made / sec / bound:6.1%} of the bound, "
+              f"{bound:.0f}x; goal: half of it compiled)")
+    sample.decode_step = eager
+
+
+def bench_gpu(device, presets, peak_tflops):
+    """Every GPU figure the issues ask for, each part on its own so one failure leaves the rest."""
+    dtype = torch.bfloat16
+    small = torch.device(device).type == "cpu"  # a smoke run of the same code
+    parts = [(f"decode {p}", lambda p=p: gpu_decode(p, device, dtype, new_tokens=16 if small else 64)) for p in presets]
+    parts += [(f"train {p}", lambda p=p: gpu_train(p, device, 2 if small else 8, 512 if small else 2048, peak_tflops,
+                                                   steps=2 if small else 5)) for p in presets]
+    parts += [(f"sample {p}", lambda p=p: gpu_sample(p, device, dtype, seconds=1.0 if small else 5.0)) for p in presets]
+    print(f"{torch.cuda.get_device_name() if not small else 'CPU'}, torch {torch.__version__}")
+    for name, fn in parts:
+        try:
+            fn()
+        except Exception as e:  # report and go on: device time is scarce
+            print(f"  {name} FAILED: {type(e).__name__}: {e}")
+        if not small:
+            torch.cuda.empty_cache()
+
+
 def hf_twin_config(c):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     return Qwen2ForCausalLM(Qwen2Config(
@@ -294,10 +480,16 @@ def hf_twin_config(c):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all"])
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all", "gpu"])
     p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS))
     p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--device", default="cuda", help="gpu: the device (cpu runs a smoke test of the same code)")
+    p.add_argument("--presets", default="qwen2.5-0.5b,qwen2.5-1.5b", help="gpu: backbone shapes, comma-separated")
+    p.add_argument("--peak_tflops", type=float, default=989.0,
+                   help="gpu: the GPU's dense bf16 peak for MFU (989: H100 / H200 SXM); 0 for none")
     a = p.parse_args()
+    if a.what == "gpu":
+        bench_gpu(a.device, a.presets.split(","), a.peak_tflops or None)
     if a.what in ("decode", "all"):
         for batch in (1, 2):
             bench_decode(a.preset, a.new_tokens, batch=batch)

@@ -111,6 +111,11 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    def fits(self, batch_size, max_len, dtype, device):
+        k = self.k
+        return (k.shape[0] == batch_size and k.shape[2] == max_len and k.dtype == dtype and k.device.type == device.type
+                and device.index in (None, k.device.index))
+
     def update(self, input_pos, k, v):
         self.k.index_copy_(2, input_pos, k)  # (B, nkv, S, hd)
         self.v.index_copy_(2, input_pos, v)
@@ -317,12 +322,17 @@ class Qwen2(nn.Module):
         return self.lm_head(h)
 
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):
+        """Static KV caches of max_len positions. Caches that already fit are kept: a generation
+        writes its slots from position 0 on and the mask hides the rest, and a compiled step
+        keeps its buffers (CUDA graphs replay at fixed addresses)."""
         w = self.model.embed_tokens.weight
-        if torch.device(device or w.device).type == "cpu":
+        dtype, device = dtype or w.dtype, torch.device(device or w.device)
+        if device.type == "cpu":
             calibrate_cpu_matmul()  # once per process: which matmul decodes faster on this CPU
         for layer in self.model.layers:
             a = layer.self_attn
-            a.kv_cache = KVCache(batch_size, a.n_kv, max_len, a.hd, dtype or w.dtype, device or w.device)
+            if a.kv_cache is None or not a.kv_cache.fits(batch_size, max_len, dtype, device):
+                a.kv_cache = KVCache(batch_size, a.n_kv, max_len, a.hd, dtype, device)
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, generator=None):

@@ -65,7 +65,7 @@ def load_runtime(ckpt, need_vae=True, device="cpu"):
     if not os.path.isfile(clap_path):
         raise FileNotFoundError(f"{clap_path}: not found; run `python train.py --stage clap`")
     clap = Clap.from_checkpoint(torch.load(clap_path, map_location="cpu", weights_only=False))
-    vae = EnhanceVAE.from_checkpoint(os.path.join(folder, "vae.pt")) if need_vae else None
+    vae = EnhanceVAE.from_checkpoint(os.path.join(folder, "vae.pt")).to(device) if need_vae else None
     return Runtime(model.eval().to(device), tok, codec.eval().to(device), clap.to(device), vae, device)
 
 
@@ -114,6 +114,13 @@ def decode_step(model, x, pos):
     every step (the attention reads the whole cache under a mask), so `--compile` can replace
     this with torch.compile(decode_step), as gpt-fast does."""
     return model.audio_logits(model.lm.model(x, input_pos=pos)[:, -1]).float()
+
+
+def compile_decode_step(device):
+    """decode_step under torch.compile; on CUDA with CUDA graphs (gpt-fast's "reduce-overhead"):
+    one graph replay a frame instead of a few hundred kernel launches. The caches keep their
+    addresses from call to call (Qwen2.setup_cache keeps caches that fit)."""
+    return torch.compile(decode_step, mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
 
 
 TEXT_TOKENS = 200  # the longest answer generate_text writes
@@ -214,10 +221,11 @@ def main():
     p.add_argument("--max_seconds", type=float, default=10.0)
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame step (slow first call)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.compile:
         global decode_step
-        decode_step = torch.compile(decode_step)
+        decode_step = compile_decode_step(args.device)
     prompts = [args.prompt]
     if args.prompts_file:
         if args.prompt or args.audio or args.text:
@@ -233,7 +241,7 @@ def main():
     elif not args.prompt or not args.prompt.strip():
         fail("--prompt is empty; give a caption (or a question with --audio or --text)")
     try:
-        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text))
+        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text), device=args.device)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     torch.manual_seed(args.seed)

@@ -88,6 +88,45 @@ def test_greedy_generate_equals_transformers(ckpts, name):
     assert torch.equal(got, want)
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
+
+
+@cuda
+@pytest.mark.parametrize("name", ["tied", "untied", "bf16"])
+def test_cuda_bf16_as_close_to_fp32_as_transformers(ckpts, name):
+    """bf16 on CUDA (SDPA's GPU kernels): our logits are as close to the fp32 reference as
+    transformers' own bf16 logits on the same GPU, and KV-cache decoding stays as close."""
+    path, ref = ckpts[name]
+    x = torch.randint(0, V, (2, 37))
+    with torch.no_grad():
+        want = ref(x).logits  # fp32 on the CPU
+        hf = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda").eval()
+        ours = Qwen2.from_pretrained(path, dtype=torch.bfloat16, device="cuda")
+        hf_err = (hf(x.cuda()).logits.float().cpu() - want).abs()
+        got = ours(x.cuda()).float().cpu()
+        ours.setup_cache(2, 40)
+        steps = [ours(x[:, :30].cuda(), input_pos=torch.arange(30, device="cuda"))]
+        steps += [ours(x[:, t:t + 1].cuda(), input_pos=torch.tensor([t], device="cuda")) for t in range(30, 37)]
+        cached = torch.cat(steps, 1).float().cpu()
+    assert ours.lm_head.weight.dtype == torch.bfloat16 and hf_err.max() > 0
+    for logits in (got, cached):
+        err = (logits - want).abs()
+        assert err.mean() <= 1.5 * hf_err.mean() and err.max() <= 2 * hf_err.max(), (err.max(), hf_err.max())
+
+
+def test_kept_cache_generates_as_transformers(ckpts):
+    """setup_cache keeps caches that fit: a generation over a used cache, its later slots
+    holding another prompt's keys, still equals transformers' generate."""
+    path, ref = ckpts["untied"]
+    m = Qwen2.from_pretrained(path)
+    m.generate(torch.randint(0, V, (2, 20)), 12)  # 32 positions, every slot written
+    cache = m.model.layers[0].self_attn.kv_cache
+    x = torch.randint(0, V, (2, 9))
+    got = m.generate(x, 23)  # 32 positions again: the same cache
+    assert m.model.layers[0].self_attn.kv_cache is cache
+    assert torch.equal(got, ref.generate(x, max_new_tokens=23, min_new_tokens=23, do_sample=False, pad_token_id=0))
+
+
 def test_packed_forward_equals_separate_forwards(ckpts):
     m = Qwen2.from_pretrained(ckpts["tied"][0])
     a, b = torch.randint(0, V, (1, 11)), torch.randint(0, V, (1, 6))

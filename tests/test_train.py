@@ -17,7 +17,7 @@ from tokenizer import SPTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--stage", "gen", "--n_eval", "4", "--steps", "3", "--eval_every", "0", "--warmup", "1", "--rows", "1",
-        "--budget", "400", "--vocab_size", "400"]
+        "--budget", "400", "--vocab_size", "400", "--device", "cpu"]  # the last overridden in the CUDA test
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,16 @@ def test_two_processes_equal_one(world, mode):
     shutil.copy(world / f"one_{mode}" / "cache.pt", world / f"two_{mode}")  # two reads it: the same init
     two = run(world, f"two_{mode}", ["--fsdp"] if mode == "fsdp" else [], procs=2)
     torch.testing.assert_close(losses(two), losses(one), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_bf16_training_follows_cpu_fp32(world, compile):
+    """train.py on CUDA (bf16 autocast, and --compile's dense mask): the loss curve of the CPU's
+    fp32 run, to bf16's precision."""
+    cpu = run(world, "curve_cpu")
+    gpu = run(world, f"curve_cuda_{compile}", ["--device", "cuda"] + (["--compile"] if compile else []))
+    torch.testing.assert_close(losses(gpu), losses(cpu), atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("stage, needs", [("vae", "--stage codec"), ("align", "--stage gen"), ("dpo", "--stage sft")])
