@@ -48,6 +48,14 @@ def copy_bandwidth(gb=1.0, device="cpu"):
     return 5 * 2 * a.numel() * 4 / (time.perf_counter() - t)
 
 
+def decode_bytes(model):
+    """Bytes of weights a decode step of a Qwen2 reads: all of them, the embedding table only
+    where it is also the head (tied); an untied table gives one row a token."""
+    emb = model.model.embed_tokens.weight
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    return n if model.cfg.tie_word_embeddings else n - emb.numel() * emb.element_size()
+
+
 def hf_twin(model):
     """The same weights in transformers' Qwen2ForCausalLM."""
     ref = hf_twin_config(model.cfg)
@@ -74,7 +82,7 @@ def bench_decode(preset="qwen2.5-0.5b", new_tokens=64, prompt_len=16, repeats=2,
                 best[name] = min(best[name], time.perf_counter() - t)
     assert torch.equal(outs["ours"], outs["transformers"]), "greedy outputs differ"
     bw = copy_bandwidth()
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # every weight read once a token
+    nbytes = decode_bytes(model)
     bound = bw / nbytes
     print(f"decode {preset} fp32 CPU batch {batch}, {new_tokens} new tokens ({torch.get_num_threads()} threads)")
     wins = model_lib.calibrate_cpu_matmul()
@@ -360,7 +368,7 @@ def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
     greedy(model, x, 3, compiled)  # compiles (and records the CUDA graph)
     print(f"decode {preset} {str(dtype)[6:]} on {device}, batch {batch}, {new_tokens} new tokens "
           f"(compiling took {time.perf_counter() - t:.1f} s)")
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    nbytes = decode_bytes(model)
     bound = copy_bandwidth(device=device) / nbytes
     res = {name: timed(fn, device) for name, fn in runs.items()}
     for name, (sec, out) in res.items():
@@ -380,24 +388,24 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
 
     import sequences
     from model import UALM, UALMConfig
-    from sequences import loss_sums
-    from train import to_device
+    from train import LossModule, to_device
     torch.manual_seed(0)
     backbone = PRESETS[preset]
-    model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(device)
+    with torch.device(device):  # initialised where it runs
+        model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone)))
     batch = to_device(packed_tta_batch(model.cfg, rows, budget), device)
     real = int((batch["doc"] >= 0).sum())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=torch.device(device).type == "cuda")
 
-    def step(net):
+    def step(net):  # train.py's: the model and its loss as one module (LossModule), compiled whole
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            r = loss_sums(net, batch)
+            r = net(batch)
         (r["sum"] / r["n"]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     with FlopCounterMode(display=False) as counter:
-        step(model)
+        step(LossModule(model))
     flops = counter.get_total_flops()
     measured = matmul_flops(device, torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters())
@@ -406,7 +414,7 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
           f"dense bf16 matmul measured at {measured / 1e12:.0f} TFLOP/s")
     for name in ("eager", "compiled"):
         sequences.DENSE_MASK = name == "compiled"
-        net = torch.compile(model) if name == "compiled" else model
+        net = torch.compile(LossModule(model)) if name == "compiled" else LossModule(model)
         t = time.perf_counter()
         step(net)
         warm = time.perf_counter() - t
@@ -430,14 +438,17 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     from model import ASSISTANT, AUDIO, BOS, INTERVAL, N_SPECIAL, N_STREAMS, UALM, UALMConfig
     torch.manual_seed(0)
     backbone = PRESETS[preset]
-    model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(device, dtype).eval()
+    with torch.device(device):
+        model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(dtype).eval()
     model.lm.lm_head.weight[model.cfg.audio_offset::INTERVAL] = 0  # each interval's pad id
     rows = torch.zeros(32, N_STREAMS, dtype=torch.long)
     rows[:, 0] = torch.cat([torch.tensor([BOS]), N_SPECIAL + torch.randint(0, 1000, (29,)), torch.tensor([ASSISTANT, AUDIO])])
     frames = int(seconds * FRAME_RATE)
     eager, compiled = sample.decode_step, sample.compile_decode_step(device)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read every weight once
+    tables = (model.lm.model.embed_tokens.weight, model.lm.lm_head.weight)  # of these a frame step reads the
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters() if not any(p is t for t in tables))
+    nbytes += N_STREAMS * INTERVAL * tables[1].shape[1] * tables[1].element_size()  # head's 8 x 1025 audio rows
+    bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read those bytes once
     print(f"sample: the LM's frame loop at {preset} shape, {str(dtype)[6:]} on {device}, CFG 3, {seconds:.0f} s clips")
     for name, step in (("eager", eager), ("compiled", compiled)):
         sample.decode_step = step
