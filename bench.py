@@ -431,7 +431,7 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
 def gpu_sample(preset, device, dtype, seconds=5.0):
     """The LM's frame loop of sample.py (CFG 3: 2 rows) at a Qwen2.5 shape with random weights:
     seconds of audio per second, eager and with sample.py --compile's step, against the bound
-    (every weight read once a frame). Each codebook's pad row of the head is zeroed so that
+    (the weights a frame step reads, once: the blocks and the head's audio rows). Each codebook's pad row of the head is zeroed so that
     random weights never end a clip early: every run writes the same number of frames."""
     import sample
     from codec import FRAME_RATE
