@@ -322,20 +322,6 @@ def matmul_flops(device, dtype):
     return 10 * 2 * n**3 / (time.perf_counter() - t)
 
 
-def decode_one(model, ids, pos):
-    return model(ids, input_pos=pos)[:, -1]
-
-
-def greedy(model, x, new_tokens, step):
-    """Greedy decoding over caches already set up (setup_cache): -> (B, T + new_tokens)."""
-    pos = torch.arange(x.shape[1], device=x.device)
-    out = [x, decode_one(model, x, pos).argmax(-1, keepdim=True)]
-    for _ in range(new_tokens - 1):
-        pos = pos[-1:] + 1
-        out.append(step(model, out[-1], pos).argmax(-1, keepdim=True))
-    return torch.cat(out, 1)
-
-
 def timed(fn, device, repeats=3):
     """(best seconds of `repeats` calls after one warm-up, the last result)."""
     out = fn()
@@ -358,14 +344,14 @@ def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
     ref = hf_twin(model).to(device, dtype)
     model.to(device, dtype)
     x = torch.randint(0, 1000, (batch, 16), device=device)
-    model.setup_cache(batch, 16 + new_tokens)  # once: the compiled step keeps its buffers
-    runs = {"ours eager": lambda: greedy(model, x, new_tokens, decode_one),
-            "ours compiled": lambda: greedy(model, x, new_tokens, compiled),
+    runs = {"ours eager": lambda: model.generate(x, new_tokens),
+            "ours compiled": lambda: model.generate(x, new_tokens, step=compiled),
             "transformers": lambda: ref.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                                  do_sample=False, pad_token_id=0)}
-    compiled = torch.compile(decode_one, mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
+    cuda = torch.device(device).type == "cuda"
+    compiled = torch.compile(model_lib.decode_one, mode="reduce-overhead" if cuda else None)  # CUDA graphs there
     t = time.perf_counter()
-    greedy(model, x, 3, compiled)  # compiles (and records the CUDA graph)
+    model.generate(x, new_tokens, step=compiled)  # compiles (and records the CUDA graph)
     print(f"decode {preset} {str(dtype)[6:]} on {device}, batch {batch}, {new_tokens} new tokens "
           f"(compiling took {time.perf_counter() - t:.1f} s)")
     nbytes = decode_bytes(model)
@@ -431,8 +417,9 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
 def gpu_sample(preset, device, dtype, seconds=5.0):
     """The LM's frame loop of sample.py (CFG 3: 2 rows) at a Qwen2.5 shape with random weights:
     seconds of audio per second, eager and with sample.py --compile's step, against the bound
-    (the weights a frame step reads, once: the blocks and the head's audio rows). Each codebook's pad row of the head is zeroed so that
-    random weights never end a clip early: every run writes the same number of frames."""
+    (the weights a frame step reads, once: the blocks and the head's audio rows). Each
+    codebook's pad row of the head is zeroed so that random weights never end a clip early:
+    every run writes the same number of frames."""
     import sample
     from codec import FRAME_RATE
     from model import ASSISTANT, AUDIO, BOS, INTERVAL, N_SPECIAL, N_STREAMS, UALM, UALMConfig
@@ -442,7 +429,8 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
         model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(dtype).eval()
     model.lm.lm_head.weight[model.cfg.audio_offset::INTERVAL] = 0  # each interval's pad id
     rows = torch.zeros(32, N_STREAMS, dtype=torch.long)
-    rows[:, 0] = torch.cat([torch.tensor([BOS]), N_SPECIAL + torch.randint(0, 1000, (29,)), torch.tensor([ASSISTANT, AUDIO])])
+    text = N_SPECIAL + torch.randint(0, 1000, (29,))  # a 32-token prompt: bos, text, <|assistant|> <|audio|>
+    rows[:, 0] = torch.cat([torch.tensor([BOS]), text, torch.tensor([ASSISTANT, AUDIO])])
     frames = int(seconds * FRAME_RATE)
     eager, compiled = sample.decode_step, sample.compile_decode_step(device)
     tables = (model.lm.model.embed_tokens.weight, model.lm.lm_head.weight)  # of these a frame step reads the

@@ -303,6 +303,11 @@ def sample_next(logits, temperature=0.0, top_k=None, generator=None):
     return ids.gather(-1, pick.view(*ids.shape[:-1], 1))[..., 0]
 
 
+def decode_one(model, ids, pos):
+    """ids (B, T) written to the KV cache at positions pos (T,) -> the last position's logits (B, V)."""
+    return model.lm_head(model.model(model.model.embed_tokens(ids), input_pos=pos)[:, -1])
+
+
 class Qwen2(nn.Module):
     """Qwen2ForCausalLM: `model` (embeddings, blocks, norm) and `lm_head`."""
 
@@ -335,20 +340,22 @@ class Qwen2(nn.Module):
                 a.kv_cache = KVCache(batch_size, a.n_kv, max_len, a.hd, dtype, device)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-        """input_ids (B, T) -> (B, T + max_new_tokens): prefill once, then one token a step."""
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, generator=None, step=None):
+        """input_ids (B, T) -> (B, T + max_new_tokens): prefill once, then one token a step.
+        step(model, ids, pos) is each new token's step, decode_one by default; bench.py passes
+        torch.compile(decode_one) (the cache keeps its shapes and, from call to call, its buffers)."""
         B, T = input_ids.shape
         self.setup_cache(B, T + max_new_tokens)
         pos = torch.arange(T, device=input_ids.device)
         out = [input_ids]
-        h = self.model(self.model.embed_tokens(input_ids), input_pos=pos)
+        logits = decode_one(self, input_ids, pos)
         for i in range(max_new_tokens):
-            nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, generator)  # (B,)
+            nxt = sample_next(logits, temperature, top_k, generator)  # (B,)
             out.append(nxt[:, None])
             if i + 1 == max_new_tokens:
                 break
             pos = pos[-1:] + 1
-            h = self.model(self.model.embed_tokens(nxt[:, None]), input_pos=pos)
+            logits = (step or decode_one)(self, nxt[:, None], pos)
         return torch.cat(out, dim=1)
 
     @classmethod
