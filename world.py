@@ -349,7 +349,7 @@ def questions(plan, rng):
             qa.append((f"How many {COUNTED[kw]} are there?", str(ev["count"])))
         if kw in PITCH_RANGE:
             qa.append((f"Is the {kw} low or high?", ev["pitch"]))
-        if kw.endswith("siren"):
+        if kw.endswith("siren") and sum(k.endswith("siren") for k in present) == 1:  # with both, "the siren" is either
             qa.append(("Is the siren rising or falling?", kw.split()[0]))
         if kw == "ticking":
             qa.append(("How many ticks per second?", str(ev["rate"])))

@@ -63,6 +63,16 @@ def test_texts():
                            numbers[0] // numbers[1])
 
 
+def test_a_question_has_one_answer_per_clip():
+    """No clip asks the same question twice with two answers (a clip with both sirens once
+    asked "Is the siren rising or falling?" twice, answered "rising" and "falling")."""
+    for i in range(300):
+        plan = world.make_plan(SEED, i)
+        answers = {}
+        for q, a in world.questions(plan, np.random.default_rng(i)):
+            assert answers.setdefault(q, a) == a, (i, q, answers[q], a)
+
+
 def test_flaws_name_the_flaw_and_the_fix():
     kinds = set()
     for i in range(60):
