@@ -264,7 +264,7 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0, repeats=3):
     rows = [sample.prefix([{"role": "user", "text": TTA_PROMPT + c}], rt.tok, rt.model.cfg, AUDIO)[0]
             for c in captions]
     frames = int(seconds * FRAME_RATE)
-    steps = {"eager": sample.decode_step, "compiled": torch.compile(sample.decode_step)}
+    steps = {"eager": sample.decode_step, "compiled": model_lib.compile_step(sample.decode_step, "cpu")}
     t = time.perf_counter()
     sample.decode_step = steps["compiled"]
     with torch.no_grad():
@@ -348,8 +348,7 @@ def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
             "ours compiled": lambda: model.generate(x, new_tokens, step=compiled),
             "transformers": lambda: ref.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                                  do_sample=False, pad_token_id=0)}
-    cuda = torch.device(device).type == "cuda"
-    compiled = torch.compile(model_lib.decode_one, mode="reduce-overhead" if cuda else None)  # CUDA graphs there
+    compiled = model_lib.compile_step(model_lib.decode_one, device)  # CUDA graphs on CUDA
     t = time.perf_counter()
     model.generate(x, new_tokens, step=compiled)  # compiles (and records the CUDA graph)
     print(f"decode {preset} {str(dtype)[6:]} on {device}, batch {batch}, {new_tokens} new tokens "
@@ -381,10 +380,11 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
         model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone)))
     batch = to_device(packed_tta_batch(model.cfg, rows, budget), device)
     real = int((batch["doc"] >= 0).sum())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=torch.device(device).type == "cuda")
+    kind = torch.device(device).type
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=kind == "cuda")
 
     def step(net):  # train.py's: the model and its loss as one module (LossModule), compiled whole
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        with torch.autocast(kind, dtype=torch.bfloat16):
             r = net(batch)
         (r["sum"] / r["n"]).backward()
         opt.step()
@@ -409,7 +409,7 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
         print(f"  {name:8s} {real / sec:9.0f} real tok/s, {flops / sec / measured:.1%} of the measured matmul rate"
               f"{peak} (first step {warm:.1f} s)")
     sequences.DENSE_MASK = False
-    if torch.device(device).type == "cuda":
+    if kind == "cuda":
         print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
@@ -432,7 +432,7 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     text = N_SPECIAL + torch.randint(0, 1000, (29,))  # a 32-token prompt: bos, text, <|assistant|> <|audio|>
     rows[:, 0] = torch.cat([torch.tensor([BOS]), text, torch.tensor([ASSISTANT, AUDIO])])
     frames = int(seconds * FRAME_RATE)
-    eager, compiled = sample.decode_step, sample.compile_decode_step(device)
+    eager, compiled = sample.decode_step, model_lib.compile_step(sample.decode_step, device)
     tables = (model.lm.model.embed_tokens.weight, model.lm.lm_head.weight)  # of these a frame step reads the
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters() if not any(p is t for t in tables))
     nbytes += N_STREAMS * INTERVAL * tables[1].shape[1] * tables[1].element_size()  # head's 8 x 1025 audio rows

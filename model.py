@@ -308,6 +308,13 @@ def decode_one(model, ids, pos):
     return model.lm_head(model.model(model.model.embed_tokens(ids), input_pos=pos)[:, -1])
 
 
+def compile_step(fn, device):
+    """torch.compile for a decode step (decode_one, sample.decode_step); on CUDA with CUDA graphs
+    (gpt-fast's "reduce-overhead"): one graph replay a step instead of hundreds of kernel
+    launches. setup_cache keeps caches that fit, so the graphs' buffers stay where they are."""
+    return torch.compile(fn, mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
+
+
 class Qwen2(nn.Module):
     """Qwen2ForCausalLM: `model` (embeddings, blocks, norm) and `lm_head`."""
 

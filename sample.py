@@ -28,7 +28,8 @@ from clap import Clap
 from codec import FRAME_RATE, HOP, SAMPLE_RATE, Codec
 from data import load_audio
 from encoder import MIN_SAMPLES
-from model import ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, sample_next
+from model import (ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, compile_step,
+                   sample_next)
 from sequences import build
 from tokenizer import QwenTokenizer, SPTokenizer
 from vae import MASTER_SR, EnhanceVAE
@@ -114,13 +115,6 @@ def decode_step(model, x, pos):
     every step (the attention reads the whole cache under a mask), so `--compile` can replace
     this with torch.compile(decode_step), as gpt-fast does."""
     return model.audio_logits(model.lm.model(x, input_pos=pos)[:, -1]).float()
-
-
-def compile_decode_step(device):
-    """decode_step under torch.compile; on CUDA with CUDA graphs (gpt-fast's "reduce-overhead"):
-    one graph replay a frame instead of a few hundred kernel launches. The caches keep their
-    addresses from call to call (Qwen2.setup_cache keeps caches that fit)."""
-    return torch.compile(decode_step, mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
 
 
 TEXT_TOKENS = 200  # the longest answer generate_text writes
@@ -225,7 +219,7 @@ def main():
     args = p.parse_args()
     if args.compile:
         global decode_step
-        decode_step = compile_decode_step(args.device)
+        decode_step = compile_step(decode_step, args.device)  # CUDA graphs on CUDA
     prompts = [args.prompt]
     if args.prompts_file:
         if args.prompt or args.audio or args.text:
