@@ -33,6 +33,7 @@ from clap import K, pad_ids
 from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
+from sequences import build, frame_nll
 from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
 from analyzer import adherence, analyze
 from world import KEYWORDS
@@ -169,6 +170,24 @@ def eval_binding(rt, rows):
 
 
 @torch.no_grad()
+def caption_gap(rt, rows, shift=7, onset=10):
+    """Teacher-forced cross-entropy (nats per frame) of each clip's codec tokens after its
+    own caption and after the caption of the row `shift` further on: -> {"own", "other",
+    "gap", "onset_gap"}, onset_gap over the first `onset` audio rows only, where the model
+    has heard nothing of the clip yet and only the caption can say what comes."""
+    own, other = [], []
+    for i, r in enumerate(tqdm(rows, desc="caption gap")):
+        wav = torch.from_numpy(load_audio(r["location"], sr=16000, mono=True)).to(rt.device)
+        A = {"codes": {r["location"]: rt.codec.encode(wav[None])[0].cpu()}}
+        for caption, out in ((r["caption"], own), (rows[(i + shift) % len(rows)]["caption"], other)):
+            out.append(frame_nll(rt.model, build(tasks.tta(dict(r, caption=caption), A), rt.tok.encode,
+                                                 rt.model.cfg)).cpu())
+    mean = lambda xs, n=None: float(torch.cat([x[:n] for x in xs]).mean())
+    return {"own": mean(own), "other": mean(other), "gap": mean(other) - mean(own),
+            "onset_gap": mean(other, onset) - mean(own, onset)}
+
+
+@torch.no_grad()
 def eval_text(rt, items):
     right = []
     for it in tqdm(items, desc="text"):
@@ -223,6 +242,13 @@ def replicate(args, gen, und, txt):
         g = over_seeds(rt(name), rows, cfg, seeds)
         out.append(f"| {label} | {name}.pt | {cfg:g} | {g['score']} | {g['events']} | {g['layout']} "
                    f"| {g['counts']} | {g['pitch']} | {g['clap']} | {g['fd']} | {g['kl']} |")
+        print(out[-1])
+    out += ["", f"Does the LM read its caption? Teacher-forced cross-entropy of the {len(gen)} held-out clips' codec "
+            "tokens after their own caption and after another clip's (nats per frame; onset: the first 10 rows).", "",
+            "| checkpoint | own caption | another's | gap | gap at onset |", "|---|---|---|---|---|"]
+    for name in ("gen", "pretrain", "sft", "dpo"):
+        c = caption_gap(rt(name), gen)
+        out.append(f"| {name}.pt | {c['own']:.3f} | {c['other']:.3f} | {c['gap']:.3f} | {c['onset_gap']:.3f} |")
         print(out[-1])
     out += ["", "| model | checkpoint | answers | caption keywords | arithmetic |", "|---|---|---|---|---|"]
     for label, name in [("understanding only", "und"), ("UALM (unified)", "pretrain"),
@@ -286,6 +312,9 @@ def main():
     print(f"generation (cfg {args.cfg}, {args.n_gen} captions): adherence score {100 * g['score']:.1f}% (events "
           f"{100 * g['events']:.1f}%, layout {100 * g['layout']:.1f}%, counts {100 * g['counts']:.1f}%, pitch "
           f"{100 * g['pitch']:.1f}%), CLAP {g['clap']:.3f}, FD {g['fd']:.3f}, KL {g['kl']:.3f}")
+    c = caption_gap(rt, gen)
+    print(f"caption gap ({len(gen)} clips, teacher-forced): {c['own']:.3f} nats per frame after the clip's own caption, "
+          f"{c['other']:.3f} after another's (gap {c['gap']:.3f}; {c['onset_gap']:.3f} over the first 10 rows)")
     u = eval_understanding(rt, und[:args.n_questions])
     print(f"understanding: answer accuracy {100 * u['answer_accuracy']:.1f}% ({u['n_questions']} questions), "
           f"caption keyword accuracy {100 * u['keyword_accuracy']:.1f}% ({u['n_captions']} captions)")

@@ -150,6 +150,20 @@ def loss_sums(model, batch):
             "text": text, "codebooks": per_cb}
 
 
+def frame_nll(model, s):
+    """One Sample -> (F,) the cross-entropy of each of its trained audio frames, in order,
+    each the mean of its 8 codebooks' terms (the 1/8 weights of the loss). Run with the
+    same audio after two prompts, it tells whether the model reads its prompt (eval.py)."""
+    device = next(model.parameters()).device
+    ids, frm = s.ids[None].to(device), (s.kind[1:] == FRAME).to(device)
+    feats = s.feats.to(device) if s.feats is not None else None
+    h = model(ids[:, :-1], feats)[0]
+    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=device)
+    logits = model.audio_logits(h[frm]).float()  # (F, 8, 1025)
+    return F.cross_entropy(logits.flatten(0, 1), (ids[0, 1:][frm] - first).flatten(), reduction="none").view(
+        -1, N_STREAMS).mean(1)
+
+
 def row_logp(model, batch):
     """Log-probability of each row's trained audio frames, (B,), each codebook's term
     weighing 1/8 as in the loss: what DPO compares between policy and reference."""

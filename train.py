@@ -511,7 +511,7 @@ def stage_all(args):
 
 
 # und: about the understanding steps UALM gets (align 100 + 39% of pretrain + 20% of sft)
-STAGE_STEPS = {"gen": 300, "align": 100, "pretrain": 450, "sft": 300, "und": 340}
+STAGE_STEPS = {"gen": 900, "align": 100, "pretrain": 700, "sft": 300, "und": 430}
 
 
 STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": stage_dpo,

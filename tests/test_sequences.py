@@ -139,3 +139,22 @@ def test_dpo_loss_worked_example():
     loss, margin = dpo_loss(torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -11.0]), beta=0.1)
     assert float(margin) == 2.0
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-0.2)))
+
+
+def test_frame_nll_is_each_frames_codebook_mean_by_hand():
+    """eval.py's caption gap: each trained audio row's 8 codebook CEs, averaged, computed
+    here from the head and the stream embeddings directly (text rows are left out)."""
+    torch.manual_seed(3)
+    model = UALM(CFG).eval()
+    s = build([{"role": "user", "text": "ab"}, {"role": "assistant", "codes": torch.randint(0, 1024, (8, 3))}],
+              enc, CFG)
+    h = model(s.ids[None, :-1])[0]
+    want = []
+    for r in range(1, len(s)):
+        if s.kind[r] == FRAME:
+            logits = model.lm.lm_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
+            want.append(sum(F.cross_entropy(logits[k, CFG.audio_offset + 1025 * k:CFG.audio_offset + 1025 * (k + 1)],
+                                            s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)) / 8)
+    got = sequences.frame_nll(model, s)
+    assert len(want) == 3 + 7
+    torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=1e-5)
