@@ -132,6 +132,14 @@ def attention(doc):
     return {"mask": packed_mask(doc)} if DENSE_MASK else {"segments": doc_segments(doc)}
 
 
+def audio_ce(model, h, tgt):
+    """Hidden states (N, d) before N audio rows, and those rows' ids (N, 8) -> (N, 8) the
+    cross-entropy of each codebook, over its own 1025 entries (0 = the codebook's pad)."""
+    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=tgt.device)
+    logits = model.audio_logits(h).float()  # (N, 8, 1025)
+    return F.cross_entropy(logits.flatten(0, 1), (tgt - first).flatten(), reduction="none").view(-1, N_STREAMS)
+
+
 def loss_sums(model, batch):
     """Summed losses of a batch: {"sum": scalar, "n": positions with loss, "frames",
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
@@ -141,10 +149,7 @@ def loss_sums(model, batch):
     tgt, kind = ids[:, 1:], kind[:, 1:]
     tok, frm = kind == TOKEN, kind == FRAME
     text = F.cross_entropy(model.text_logits(h[tok]).float(), tgt[tok][:, 0], reduction="sum")
-    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
-    local = tgt[frm] - first  # (N, 8) in 0..1024, 0 = the codebook's pad
-    logits = model.audio_logits(h[frm]).float()  # (N, 8, 1025)
-    per_cb = F.cross_entropy(logits.flatten(0, 1), local.flatten(), reduction="none").view(-1, N_STREAMS).sum(0)
+    per_cb = audio_ce(model, h[frm], tgt[frm]).sum(0)
     n = tok.sum() + frm.sum()
     return {"sum": text + per_cb.sum() / N_STREAMS, "n": n, "frames": frm.sum(), "tokens": tok.sum(),
             "text": text, "codebooks": per_cb}
@@ -155,13 +160,10 @@ def frame_nll(model, s):
     each the mean of its 8 codebooks' terms (the 1/8 weights of the loss). Run with the
     same audio after two prompts, it tells whether the model reads its prompt (eval.py)."""
     device = next(model.parameters()).device
-    ids, frm = s.ids[None].to(device), (s.kind[1:] == FRAME).to(device)
+    ids, frm = s.ids.to(device), (s.kind[1:] == FRAME).to(device)
     feats = s.feats.to(device) if s.feats is not None else None
-    h = model(ids[:, :-1], feats)[0]
-    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=device)
-    logits = model.audio_logits(h[frm]).float()  # (F, 8, 1025)
-    return F.cross_entropy(logits.flatten(0, 1), (ids[0, 1:][frm] - first).flatten(), reduction="none").view(
-        -1, N_STREAMS).mean(1)
+    h = model(ids[None, :-1], feats)[0]
+    return audio_ce(model, h[frm], ids[1:][frm]).mean(1)
 
 
 def row_logp(model, batch):
@@ -170,8 +172,5 @@ def row_logp(model, batch):
     ids, kind = batch["ids"], batch["kind"].long()
     h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], **attention(batch["doc"][:, :-1]))
     frm = kind[:, 1:] == FRAME
-    first = model.cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
-    local = ids[:, 1:][frm] - first
-    logits = model.audio_logits(h[frm]).float()
-    lp = -F.cross_entropy(logits.flatten(0, 1), local.flatten(), reduction="none").view(-1, N_STREAMS).sum(1)
+    lp = -audio_ce(model, h[frm], ids[:, 1:][frm]).sum(1)
     return torch.zeros(ids.shape[0], device=ids.device).index_add(0, frm.nonzero()[:, 0], lp / N_STREAMS)
