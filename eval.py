@@ -170,15 +170,22 @@ def eval_binding(rt, rows):
 
 
 @torch.no_grad()
-def caption_gap(rt, rows, shift=7, onset=10):
+def clip_codes(rt, rows):
+    """The codec's codes of each row's clip: {"codes": {location: (8, T)}}, as tasks.py reads them."""
+    return {"codes": {r["location"]: rt.codec.encode(torch.from_numpy(load_audio(
+        r["location"], sr=16000, mono=True)).to(rt.device)[None])[0].cpu() for r in rows}}
+
+
+@torch.no_grad()
+def caption_gap(rt, rows, A=None, shift=7, onset=10):
     """Teacher-forced cross-entropy (nats per frame) of each clip's codec tokens after its
     own caption and after the caption of the row `shift` further on: -> {"own", "other",
     "gap", "onset_gap"}, onset_gap over the first `onset` audio rows only, where the model
-    has heard nothing of the clip yet and only the caption can say what comes."""
+    has heard nothing of the clip yet and only the caption can say what comes. A: the
+    clips' codes (clip_codes), computed here if not given."""
+    A = A or clip_codes(rt, rows)
     own, other = [], []
     for i, r in enumerate(tqdm(rows, desc="caption gap")):
-        wav = torch.from_numpy(load_audio(r["location"], sr=16000, mono=True)).to(rt.device)
-        A = {"codes": {r["location"]: rt.codec.encode(wav[None])[0].cpu()}}
         for caption, out in ((r["caption"], own), (rows[(i + shift) % len(rows)]["caption"], other)):
             out.append(frame_nll(rt.model, build(tasks.tta(dict(r, caption=caption), A), rt.tok.encode,
                                                  rt.model.cfg)).cpu())
@@ -246,8 +253,9 @@ def replicate(args, gen, und, txt):
     out += ["", f"Does the LM read its caption? Teacher-forced cross-entropy of the {len(gen)} held-out clips' codec "
             "tokens after their own caption and after another clip's (nats per frame; onset: the first 10 rows).", "",
             "| checkpoint | own caption | another's | gap | gap at onset |", "|---|---|---|---|---|"]
+    codes = clip_codes(rt("gen"), gen)  # every checkpoint of the folder shares its codec
     for name in ("gen", "pretrain", "sft", "dpo"):
-        c = caption_gap(rt(name), gen)
+        c = caption_gap(rt(name), gen, codes)
         out.append(f"| {name}.pt | {c['own']:.3f} | {c['other']:.3f} | {c['gap']:.3f} | {c['onset_gap']:.3f} |")
         print(out[-1])
     out += ["", "| model | checkpoint | answers | caption keywords | arithmetic |", "|---|---|---|---|---|"]
