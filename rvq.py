@@ -1,98 +1,82 @@
 """Residual vector quantisation (SoundStream, EnCodec, X-codec): K codebooks, each quantising
 what the codebooks before it left over, so a vector becomes K indices and the first ones
-carry the most. codec.py quantises its 50 Hz latents with 8 codebooks of 1024.
+carry the most. codec.py quantises each 50 Hz frame's vector with 8 codebooks of 1024.
 
-    rvq = ResidualVQ(n_codebooks=8, size=1024, dim=64, decay=0.99, dead_threshold=0.05)
-    quantised, codes, commit = rvq(z)      # z [B, 64, T] -> [B, 64, T], [B, 8, T], scalar
-    rvq.decode(codes)                      # -> the sum of the chosen vectors [B, 64, T]
+    rvq = ResidualVQ(n_codebooks=8, size=1024, dim=288)
+    rvq.fit(z)                 # z [N, 288]: k-means, codebook after codebook
+    codes = rvq.encode(z)      # -> [N, 8] indices
+    rvq.decode(codes)          # -> the sum of the chosen vectors [N, 288]
 
-The codebooks are not trained by gradients: each starts as k-means of the first batch's
-residuals, follows its assigned vectors by an exponential moving average (VQ-VAE-2,
-SoundStream), and a code that falls out of use restarts at a random residual of the
-batch. The encoder in front learns through the straight-through estimator (the gradient
-passes the quantiser unchanged) and the commitment loss pulls it toward its codes.
+The codebooks are fitted by k-means (Lloyd's algorithm), not by gradients: codebook 1 on
+the vectors, codebook k on what codebooks 1..k-1 leave of them. Each Lloyd step assigns a
+random sample of the vectors to their nearest codes and moves every code to the mean of
+its vectors; a code that gets none restarts at a random vector of the sample. The neural
+codecs learn the same codebooks by moving averages of k-means steps inside gradient
+training (VQ-VAE-2); ours has no encoder to train (codec.py says why), so plain k-means
+on all the training frames is the whole of it.
 """
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-
-class VectorQuantizer(nn.Module):
-    """One codebook of `size` vectors, learned by k-means init + EMA, with dead-code restarts."""
-
-    def __init__(self, size: int, dim: int, decay: float, dead_threshold: float):
-        super().__init__()
-        self.size, self.decay, self.dead_threshold = size, decay, dead_threshold
-        self.register_buffer("codebook", torch.zeros(size, dim))
-        self.register_buffer("ema_count", torch.zeros(size))  # vectors assigned per batch
-        self.register_buffer("ema_sum", torch.zeros(size, dim))  # their sum
-        self.register_buffer("initialised", torch.tensor(False))
-
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] -> index [N] of the closest code (squared Euclidean distance)."""
-        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1)
-        return d.argmin(1)
-
-    @torch.no_grad()
-    def kmeans_init(self, x: torch.Tensor, iters: int = 10):
-        """Codebook <- k-means of x [N, D], seeded with random rows (repeated when N < size)."""
-        self.codebook.copy_(x[torch.randint(len(x), (self.size,))])
-        for _ in range(iters):
-            idx = self.nearest(x)
-            count = torch.bincount(idx, minlength=self.size).float()
-            total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
-            used = count > 0
-            self.codebook[used] = total[used] / count[used, None]
-        self.ema_sum.copy_(self.codebook)
-        self.ema_count.fill_(1.0)
-        self.initialised.fill_(True)
-
-    @torch.no_grad()
-    def ema_update(self, x: torch.Tensor, idx: torch.Tensor):
-        """Move each code to the running mean of its vectors; restart the unused ones."""
-        count = torch.bincount(idx, minlength=self.size).float()
-        total = torch.zeros_like(self.codebook).index_add_(0, idx, x)
-        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
-        self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
-        self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None])
-        dead = self.ema_count < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead:
-            fresh = x[torch.randint(len(x), (n_dead,))]
-            self.codebook[dead], self.ema_sum[dead], self.ema_count[dead] = fresh, fresh, 1.0
-
-    def forward(self, x: torch.Tensor):
-        """x [N, D] -> (quantised [N, D] with straight-through gradient, codes [N], commitment loss)."""
-        if self.training and not self.initialised:
-            self.kmeans_init(x.detach())
-        idx = self.nearest(x.detach())
-        q = self.codebook[idx]
-        if self.training:
-            self.ema_update(x.detach(), idx)
-        commit = F.mse_loss(x, q)  # codebook is a buffer: only the encoder side gets gradient
-        return x + (q - x).detach(), idx, commit
+from tqdm import tqdm
 
 
 class ResidualVQ(nn.Module):
-    """Codebook k quantises what codebooks 1..k-1 left over: z [B, D, T] -> codes [B, K, T]."""
+    """K codebooks of `size` vectors of `dim`: z [N, dim] <-> codes [N, K]."""
 
-    def __init__(self, n_codebooks: int, size: int, dim: int, decay: float, dead_threshold: float):
+    def __init__(self, n_codebooks: int, size: int, dim: int):
         super().__init__()
-        self.layers = nn.ModuleList(VectorQuantizer(size, dim, decay, dead_threshold) for _ in range(n_codebooks))
+        self.register_buffer("codebooks", torch.zeros(n_codebooks, size, dim))
 
-    def forward(self, z: torch.Tensor):
-        """z [B, D, T] -> (quantised [B, D, T], codes [B, K, T], summed commitment loss)."""
-        B, D, T = z.shape
-        residual = z.transpose(1, 2).reshape(B * T, D)
-        quantised, codes, commit = torch.zeros_like(residual), [], 0.0
-        for vq in self.layers:
-            q, idx, c = vq(residual)
-            residual = residual - q.detach()
-            quantised, commit = quantised + q, commit + c
-            codes.append(idx.view(B, T))
-        return quantised.view(B, T, D).transpose(1, 2), torch.stack(codes, 1), commit
+    @staticmethod
+    def nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """x [N, D], codebook [C, D] -> index [N] of the closest code (squared Euclidean distance).
+
+        |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 is the same for every code; chunks keep
+        the [N, C] distance matrix small. e.g. ([[0.9, 0]], [[0, 0], [1, 0]]) -> [1].
+        """
+        c2 = codebook.pow(2).sum(1)
+        return torch.cat([(c2 - 2 * x[i:i + chunk] @ codebook.T).argmin(1) for i in range(0, len(x), chunk)])
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [N, D] -> codes [N, K]: greedy, codebook k takes the nearest code to what 1..k-1 left."""
+        residual, codes = z.clone(), []
+        for codebook in self.codebooks:
+            idx = self.nearest(residual, codebook)
+            residual -= codebook[idx]
+            codes.append(idx)
+        return torch.stack(codes, 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] -> sum of the chosen code vectors [B, D, T]."""
-        return sum(vq.codebook[codes[:, k]] for k, vq in enumerate(self.layers)).transpose(1, 2)
+        """codes [N, K] -> the sum of the chosen code vectors [N, D]."""
+        return sum(codebook[codes[:, k]] for k, codebook in enumerate(self.codebooks))
+
+    @torch.no_grad()
+    def fit(self, z: torch.Tensor, iters: int = 10, sample: int = 200_000, generator: torch.Generator | None = None,
+            progress: bool = True):
+        """Fit every codebook by k-means on z [N, D]: codebook k on the residuals of 1..k-1.
+
+        Each of the `iters` Lloyd steps per codebook uses a fresh random sample of `sample`
+        residuals (all of them when N is smaller), which makes a step cost the same however
+        many frames there are. Deterministic for a given generator.
+        """
+        K, size, _ = self.codebooks.shape
+        residual = z.clone()
+        bar = tqdm(total=K * iters, desc="rvq k-means", disable=not progress)
+        for k in range(K):
+            codebook = residual[torch.randperm(len(residual), generator=generator)[:size]].clone()
+            if len(codebook) < size:  # fewer vectors than codes: repeat them
+                codebook = codebook[torch.arange(size) % len(codebook)]
+            for _ in range(iters):
+                x = residual[torch.randperm(len(residual), generator=generator)[:sample]]
+                idx = self.nearest(x, codebook)
+                count = torch.bincount(idx, minlength=size).float()
+                total = torch.zeros_like(codebook).index_add_(0, idx, x)
+                used = count > 0
+                codebook[used] = total[used] / count[used, None]
+                dead = (~used).nonzero()[:, 0]
+                codebook[dead] = x[torch.randint(len(x), (len(dead),), generator=generator)]
+                bar.update()
+            self.codebooks[k] = codebook
+            residual -= codebook[self.nearest(residual, codebook)]
+        bar.close()

@@ -93,10 +93,11 @@ def stage_codec(args):
     train, held = generation_clips(args)
     clips = [mono(r) for r in train[:args.codec_clips]]
     t = time.time()
-    model = codec_lib.train_codec(args.out, clips, args.codec_preset, steps=args.codec_steps, seed=args.seed)
-    print(f"codec: trained on {len(clips)} clips in {time.time() - t:.0f} s -> {args.out}/codec.pt")
+    model = codec_lib.train_codec(args.out, clips, args.codec_preset, seed=args.seed)
+    print(f"codec: fitted to {len(clips)} clips in {time.time() - t:.0f} s -> {args.out}/codec.pt")
     result = codec_lib.evaluate_codec(model, [(mono(r), r["events"]) for r in held])
-    print(f"codec on {len(held)} held-out clips: multi-resolution log-mel distance {result['log_mel_distance']:.3f}")
+    print(f"codec on {len(held)} held-out clips: multi-resolution log-mel distance {result['log_mel_distance']:.3f}, "
+          f"semantic error {result['semantic_error']:.3f}")
     for key in result["original"]:
         print(f"  analyzer {key:>7}: original {100 * result['original'][key]:5.1f}%   "
               f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
@@ -528,8 +529,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
     p.add_argument("--codec_preset", default="toy", choices=list(codec_lib.CODEC_PRESETS))
-    p.add_argument("--codec_steps", type=int, default=codec_lib.TRAIN_STEPS)
-    p.add_argument("--codec_clips", type=int, default=300, help="training clips for the codec")
+    p.add_argument("--codec_clips", type=int, default=None, help="clips the codec is fitted to (default: all training clips)")
     p.add_argument("--vae_preset", default="toy", choices=list(vae_lib.VAE_PRESETS))
     p.add_argument("--vae_steps", type=int, default=None, help="default: the preset's")
     p.add_argument("--vae_clips", type=int, default=200, help="training clips for the VAE")

@@ -1,6 +1,7 @@
-"""codec.py: the delay pattern against its worked example, Griffin-Lim on a sine, shapes and
-rates, the residual property of the RVQ, a micro training run, and checkpoints that load
-exactly or fail clearly."""
+"""codec.py: the delay pattern against its worked example, Griffin-Lim on a sine, the
+principal axes against numpy's SVD, the RVQ against a brute-force search and on points it
+must code exactly, shapes and rates, a micro fit, and checkpoints that load exactly or
+fail clearly."""
 
 import math
 
@@ -10,8 +11,8 @@ import torch
 
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   PEAK_WIDTH, codec_losses, delay_pattern, evaluate_codec, griffin_lim, log_magnitude,
-                   peak_mask, save_checkpoint, stft_frames, train_codec, undelay_pattern, world_clips)
+                   delay_pattern, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
+                   train_codec, undelay_pattern, world_clips)
 from rvq import ResidualVQ
 
 MICRO = CODEC_PRESETS["micro"]
@@ -27,10 +28,9 @@ def tones(n: int, seconds: float = 1.0, seed: int = 0) -> list:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A micro codec after 40 steps, and the folder holding its checkpoint."""
+    """A micro codec fitted to 16 clips, and the folder holding its checkpoint."""
     out = tmp_path_factory.mktemp("codec")
-    return train_codec(out, tones(16), MICRO, steps=40, batch_size=4, crop_seconds=0.5, lr=3e-3, seed=0,
-                       save_every=20, progress=False), out
+    return train_codec(out, tones(16), MICRO, seed=0, progress=False), out
 
 
 # ---------------------------------------------------------------------------------------------- delay pattern
@@ -73,21 +73,22 @@ def test_frames_line_up_with_codes():
 
 
 def test_principal_axes_match_numpy_svd():
-    """fit_basis against numpy's SVD of the centred frames: the same mean, the same top-K
-    subspace (compared as projectors: axes carry no sign), the same spread along each axis;
-    and a frame within that span survives to_coordinates -> from_coordinates."""
+    """principal_axes against numpy's SVD of the centred rows: the same mean, the same top-K
+    subspace (compared as projectors: axes carry no sign), the same variance along each
+    axis; and a codec's coordinates of a frame within that span map back to it."""
     rng = np.random.default_rng(0)
-    frames = (rng.standard_normal((500, 40)) @ rng.standard_normal((40, N_BINS)) * 0.3 - 2).astype(np.float32)
-    codec = Codec(CodecConfig(n_components=12))
-    codec.fit_basis(torch.from_numpy(frames))
+    frames = (rng.standard_normal((500, 40)) @ rng.standard_normal((40, N_BINS)) * 0.3 + 2).astype(np.float32)
+    mean, basis, variance = principal_axes(torch.from_numpy(frames), 12)
     centred = frames.astype(np.float64) - frames.mean(0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    basis = codec.basis.double().numpy()
-    np.testing.assert_allclose(codec.mean.numpy(), frames.mean(0), atol=1e-5)
-    np.testing.assert_allclose(basis.T @ basis, vt[:12].T @ vt[:12], atol=1e-4)
-    np.testing.assert_allclose(codec.scale.numpy(), s[:12] / np.sqrt(len(frames) - 1), rtol=1e-4)
-    inside = torch.from_numpy((frames.mean(0) + 0.5 * vt[3] - 0.2 * vt[7]).astype(np.float32))[None, :, None]
-    torch.testing.assert_close(codec.from_coordinates(codec.to_coordinates(inside)), inside, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(mean.numpy(), frames.mean(0), atol=1e-5)
+    np.testing.assert_allclose(basis.double().numpy().T @ basis.double().numpy(), vt[:12].T @ vt[:12], atol=1e-4)
+    np.testing.assert_allclose(variance.numpy(), s[:12] ** 2 / (len(frames) - 1), rtol=1e-4)
+    codec = Codec(CodecConfig(n_components=12))
+    codec.mean, codec.basis = mean, basis
+    inside = torch.from_numpy((frames.mean(0) + 0.5 * vt[3] - 0.2 * vt[7]).astype(np.float32))
+    coordinates = codec.coordinates(inside, torch.zeros(128))[:12]
+    torch.testing.assert_close(coordinates @ basis + mean, inside, atol=1e-4, rtol=0)
 
 
 def test_griffin_lim_recovers_a_sine_from_its_magnitude():
@@ -107,24 +108,6 @@ def test_griffin_lim_recovers_a_sine_from_its_magnitude():
     assert torch.equal(griffin_lim(mag), wav)  # deterministic: a fixed-seed start phase
 
 
-def test_peak_mask_finds_a_tone_in_noise_and_nothing_in_noise_alone():
-    """A 1000 Hz sine (bin 80) over white noise 30 dB below it: the peaks are the Hann window's
-    main lobe, bins 79-81 (the outer two 6 dB down), and the mask those and PEAK_WIDTH // 2 bins
-    on either side, in every frame but the first (half of it is the padding's silence), and
-    nothing else; noise alone, loud or quiet, gives an empty mask."""
-    g = torch.Generator().manual_seed(0)
-    t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
-    noise = torch.randn(1, SAMPLE_RATE, generator=g)
-    for level in (0.003, 0.03, 0.3):
-        assert peak_mask(log_magnitude(stft_frames(level * noise).abs())).sum() == 0
-    tone = 0.3 * torch.sin(2 * math.pi * 1000 * t)[None] + 0.3 * 10 ** (-30 / 20) * noise
-    mask = peak_mask(log_magnitude(stft_frames(tone).abs()))[0]  # [641, 50]
-    half = PEAK_WIDTH // 2
-    want = torch.zeros(N_BINS, 1)
-    want[79 - half:81 + half + 1] = 1
-    assert torch.equal(mask[:, 1:], want.expand(-1, 49))
-
-
 # ---------------------------------------------------------------------------------------------- shapes and RVQ
 def test_encode_decode_shapes_and_rates(trained):
     codec, _ = trained
@@ -139,41 +122,69 @@ def test_encode_decode_shapes_and_rates(trained):
         codec.decode(delay_pattern(codes))
 
 
+def test_rvq_encode_decode_match_a_brute_force_search():
+    """Random codebooks: each stage's code is numpy's argmin of the distances to what the
+    stages before left, and decode is the sum of the chosen vectors."""
+    g = torch.Generator().manual_seed(0)
+    rvq = ResidualVQ(3, 16, 5)
+    rvq.codebooks.copy_(torch.randn(3, 16, 5, generator=g))
+    z = torch.randn(40, 5, generator=g)
+    codes = rvq.encode(z)
+    residual, books = z.double().numpy(), rvq.codebooks.double().numpy()
+    for k in range(3):
+        want = ((residual[:, None] - books[k][None]) ** 2).sum(-1).argmin(1)
+        np.testing.assert_array_equal(codes[:, k].numpy(), want)
+        residual = residual - books[k][want]
+    np.testing.assert_allclose(rvq.decode(codes).double().numpy(), z.double().numpy() - residual, atol=1e-5)
+
+
+def test_kmeans_codes_a_few_distinct_points_exactly():
+    """Four distinct points, each 50 times, and four codes: k-means gives each its own code,
+    so one codebook reconstructs every vector exactly (its code is that point)."""
+    points = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [5.0, 5.0]])
+    z = points.repeat(50, 1)
+    rvq = ResidualVQ(1, 4, 2)
+    rvq.fit(z, iters=20, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(rvq.decode(rvq.encode(z)), z)
+
+
 def test_each_codebook_lowers_the_quantisation_error():
-    torch.manual_seed(0)
-    rvq = ResidualVQ(N_CODEBOOKS, CODEBOOK_SIZE, dim=8, decay=0.99, dead_threshold=1.0).train()
-    z = torch.randn(16, 8, 256)  # 4096 vectors, more than the 1024 codes
-    rvq(z)  # k-means init of every codebook on this batch's residuals
-    residual, errors = z.transpose(1, 2).reshape(-1, 8), []
-    for vq in rvq.layers:
-        residual = residual - vq.codebook[vq.nearest(residual)]
+    rvq = ResidualVQ(N_CODEBOOKS, CODEBOOK_SIZE, 8)
+    z = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0))  # more vectors than codes
+    rvq.fit(z, iters=5, generator=torch.Generator().manual_seed(0), progress=False)
+    residual, errors = z.clone(), []
+    for codebook in rvq.codebooks:
+        residual = residual - codebook[rvq.nearest(residual, codebook)]
         errors.append(residual.pow(2).mean().item())
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.1 * errors[0]
+    torch.testing.assert_close(rvq.decode(rvq.encode(z)), z - residual)
 
 
-# ---------------------------------------------------------------------------------------------- training
-def test_micro_training_lowers_the_loss(tmp_path, trained):
+# ---------------------------------------------------------------------------------------------- fitting
+def test_fitted_codec_reconstructs_its_clips(tmp_path, trained):
+    """The micro codec's magnitudes of its own training tones against their true |STFT|: a
+    relative error far below an unfitted codec's (whose codes all decode to nothing), and
+    the semantic part gives the teacher's features back better than their mean does."""
     codec, out = trained
-    start = train_codec(tmp_path, tones(16), MICRO, steps=1, batch_size=4, crop_seconds=0.5, lr=3e-3, seed=0,
-                        progress=False)
-    batch = torch.from_numpy(np.stack(tones(16)[:4]))  # training clips: 16 clips cover few pitches, and the
-    with torch.no_grad():  # principal axes fitted to them do not span the peaks of other random tones
-        before, after = codec_losses(start, batch), codec_losses(codec, batch)
-    assert after["magnitude"] + after["mel"] < 0.9 * (before["magnitude"] + before["mel"])
+    wav = torch.from_numpy(np.stack(tones(16)[:4]))
+    true = stft_frames(wav).abs()
+    error = lambda c: float(torch.linalg.norm(c.magnitude(c.encode(wav)) - true) / torch.linalg.norm(true))
+    assert error(codec) < 0.5 < 0.99 < error(Codec(MICRO))
+    result = evaluate_codec(codec, [(w.numpy(), []) for w in wav])
+    assert result["semantic_error"] < 0.5
     assert (out / "codec.pt").is_file() and not (out / "codec.pt.tmp").exists()
 
 
-def test_training_is_deterministic(tmp_path):
-    runs = [train_codec(tmp_path / str(k), tones(4), MICRO, steps=3, batch_size=2, crop_seconds=0.5, seed=7,
-                        progress=False) for k in range(2)]
+def test_fitting_is_deterministic(tmp_path):
+    runs = [train_codec(tmp_path / str(k), tones(4), MICRO, seed=7, progress=False) for k in range(2)]
     wav = torch.from_numpy(tones(1, seed=3)[0])[None]
     assert torch.equal(runs[0].encode(wav), runs[1].encode(wav))
 
 
 def test_evaluate_codec_on_world_clips(trained):
     result = evaluate_codec(trained[0], world_clips(0, range(2)))
-    assert result["log_mel_distance"] > 0
+    assert result["log_mel_distance"] > 0 and result["semantic_error"] >= 0
     for name in ("original", "reconstruction"):
         assert set(result[name]) == {"events", "layout", "counts", "pitch", "score"}
         assert all(0 <= v <= 1 for v in result[name].values())
@@ -182,7 +193,7 @@ def test_evaluate_codec_on_world_clips(trained):
 # ---------------------------------------------------------------------------------------------- checkpoints
 def test_save_load_round_trip(tmp_path, trained):
     codec, _ = trained
-    save_checkpoint(tmp_path / "c.pt", codec, step=40)
+    save_checkpoint(tmp_path / "c.pt", codec, step=1)
     loaded = Codec.from_checkpoint(tmp_path / "c.pt", config=MICRO)
     wav = torch.from_numpy(np.stack(tones(2, seed=5)))
     codes = codec.encode(wav)
@@ -193,18 +204,18 @@ def test_save_load_round_trip(tmp_path, trained):
 def test_bad_checkpoints_fail_clearly(tmp_path, trained):
     codec, _ = trained
     path = tmp_path / "c.pt"
-    save_checkpoint(path, codec, step=40)
+    save_checkpoint(path, codec, step=1)
     with pytest.raises(ValueError, match="differs from the requested"):
         Codec.from_checkpoint(path, config=CodecConfig())
     ckpt = torch.load(path, weights_only=True)
-    ckpt["config"]["latent_dim"] = 16  # config no longer matches the weights
+    ckpt["config"]["n_components"] = 16  # config no longer matches the weights
     torch.save(ckpt, tmp_path / "edited.pt")
     with pytest.raises(ValueError, match="do not fit the saved config"):
         Codec.from_checkpoint(tmp_path / "edited.pt")
     ckpt = torch.load(path, weights_only=True)
-    del ckpt["config"]["slope_weight"]  # as a codec trained before that loss existed
+    del ckpt["config"]["semantic_share"]  # as a codec fitted before that field existed
     torch.save(ckpt, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="older version of this code .* no slope_weight"):
+    with pytest.raises(ValueError, match="older version of this code .* no semantic_share"):
         Codec.from_checkpoint(tmp_path / "old.pt")
     (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="not a readable codec checkpoint"):
