@@ -87,6 +87,7 @@ class CodecConfig:
     power: float = 0.4  # |X| ** power before the axes: 0.4 scored 91% on 100 held-out clips, 0.2 85.5%, log 82.8%
     kmeans_iters: int = 10  # Lloyd steps per codebook
     kmeans_sample: int = 200_000  # frames per Lloyd step (a fresh random draw each step)
+    beam: int = 8  # candidates the encoder keeps per codebook: 90.9% on 200 held-out clips, 88.3% greedy (1), 90.3% with 32
 
 
 CODEC_PRESETS = {
@@ -252,7 +253,7 @@ class Codec(nn.Module):
         wav = self._frames(wav)
         z = self.coordinates(self.compress(wav), self.teacher(wav))  # [B, T, D]
         B, T, D = z.shape
-        return self.quantizer.encode(z.reshape(B * T, D)).view(B, T, N_CODEBOOKS).transpose(1, 2)
+        return self.quantizer.encode(z.reshape(B * T, D), self.config.beam).view(B, T, N_CODEBOOKS).transpose(1, 2)
 
     def _decoded(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, 8, T] -> the sum of their code vectors [B, T, K + S]."""

@@ -138,6 +138,23 @@ def test_rvq_encode_decode_match_a_brute_force_search():
     np.testing.assert_allclose(rvq.decode(codes).double().numpy(), z.double().numpy() - residual, atol=1e-5)
 
 
+def test_beam_search_finds_the_best_combination_when_it_keeps_them_all():
+    """3 codebooks of 4 codes: a beam of 64 keeps every combination, so it must return the
+    one an exhaustive search over all 64 finds; a beam of 4 does better than greedy on average
+    (not on every vector: the greedy path can fall out of the beam)."""
+    g = torch.Generator().manual_seed(1)
+    rvq = ResidualVQ(3, 4, 3)
+    rvq.codebooks.copy_(torch.randn(3, 4, 3, generator=g))
+    z = torch.randn(200, 3, generator=g)
+    books = rvq.codebooks.double().numpy()
+    sums = np.array([[books[0][a] + books[1][b] + books[2][c] for c in range(4)] for a in range(4) for b in range(4)])
+    best = ((z.double().numpy()[:, None, None] - sums[None]) ** 2).sum(-1).reshape(200, -1).min(1)
+    error = lambda beam: ((z - rvq.decode(rvq.encode(z, beam))) ** 2).sum(1).double().numpy()
+    np.testing.assert_allclose(error(64), best, atol=1e-5)
+    assert error(64).mean() < error(4).mean() < error(1).mean()
+    assert torch.equal(rvq.encode(z, 4, chunk=7), rvq.encode(z, 4))  # chunks change nothing
+
+
 def test_kmeans_codes_a_few_distinct_points_exactly():
     """Four distinct points, each 50 times, and four codes: k-means gives each its own code,
     so one codebook reconstructs every vector exactly (its code is that point)."""
