@@ -376,7 +376,7 @@ def evaluate_codec(codec: Codec, clips: list) -> dict:
         codes = codec.encode(x)
         y = codec.decode(codes)[:, :x.shape[-1]]  # [1, N]
         distances.append(float(spectral_losses(y, x)["mel"]))
-        taught.append(teacher_features(codec._frames(x))[0].T)
+        taught.append(codec.teacher(codec._frames(x))[0])
         decoded.append(codec.semantic(codes)[0].T)
         scores["original"].append(adherence(analyze(x[0].numpy()), truth))
         scores["reconstruction"].append(adherence(analyze(y[0].numpy()), truth))
