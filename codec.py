@@ -20,8 +20,8 @@ phase. The LM-side interface is X-codec's: the same codes at 50 Hz, the same del
 
 Why no trained encoder and decoder: until 2026-12-03 we trained one (conv stacks with
 Snake activations over the principal coordinates of log-magnitude frames, RVQ codebooks
-by moving averages, spectral, mel, shape, peak and slope losses; the README's codec
-section and git history have it). Its best recipe, 4800 steps in 11 minutes, kept the world's
+by moving averages, spectral, mel, shape, peak and slope losses; NOTEBOOK.md and
+git history have it). Its best recipe, 4800 steps in 11 minutes, kept the world's
 analyzer at 79.0% on 200 held-out clips against 96.2% on the originals. k-means on the
 compressed principal coordinates of 3000 clips keeps 90.9% on the same clips in 3.4
 minutes (88.2% with a greedy encoder instead of a beam search over the codebooks), at

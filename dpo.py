@@ -5,7 +5,7 @@ DPO on the model's own samples (paper section 7): `python train.py --stage dpo`.
    1, no top-k: the reference's own distribution), decode them, and rank them with the CLAP
    reward: best and worst make a pair. Pairs sampled as at inference (CFG 3, temperature 0.8,
    top-k 20) are sharper than the model; training on them sharpened it, CFG at inference
-   sharpened it again, and DPO made CLAP and FD worse (README, DPO).
+   sharpened it again, and DPO made CLAP and FD worse (NOTEBOOK.md, the replication runs).
 2. Train against a frozen copy of the SFT model: a cross-entropy warm-up on the winners,
    then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) plus a CE term on winners,
    with log-probabilities over the audio tokens weighted 1/8 as in the loss.
