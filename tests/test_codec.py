@@ -122,6 +122,14 @@ def test_encode_decode_shapes_and_rates(trained):
         codec.decode(delay_pattern(codes))
 
 
+def test_rvq_distances_match_numpy():
+    """The one-matmul distances ([x, |x|^2, 1] . [-2c, 1, |c|^2]) equal numpy's squared differences, batched too."""
+    g = torch.Generator().manual_seed(1)
+    x, books = torch.randn(2, 30, 6, generator=g), torch.randn(9, 6, generator=g)
+    want = ((x.double().numpy()[..., None, :] - books.double().numpy()) ** 2).sum(-1)
+    np.testing.assert_allclose(ResidualVQ.distances(x, books).double().numpy(), want, atol=1e-4)
+
+
 def test_rvq_encode_decode_match_a_brute_force_search():
     """Random codebooks: each stage's code is numpy's argmin of the distances to what the
     stages before left, and decode is the sum of the chosen vectors."""
