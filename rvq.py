@@ -34,7 +34,8 @@ class ResidualVQ(nn.Module):
 
         |x - c|^2 = |x|^2 - 2 x.c + |c|^2 = [x, |x|^2, 1] . [-2c, 1, |c|^2]: the matmul writes
         the [..., C] result once, where adding the terms one by one reads and writes it three
-        times more (the beam search over codec.py's frames runs 2.3x faster this way).
+        times more: the beam search runs 1.8x faster on 38k frames at once (two threads), 1.2x
+        one clip at a time on one thread, where the matmul itself is most of the work.
         e.g. ([[0.9, 0]], [[0, 0], [1, 0]]) -> [[0.81, 0.01]].
         """
         x_aug = torch.cat([x, x.pow(2).sum(-1, keepdim=True), torch.ones_like(x[..., :1])], -1)
