@@ -10,7 +10,7 @@ DPO on the model's own samples (paper section 7): `python train.py --stage dpo`.
    then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) plus a CE term on winners,
    with log-probabilities over the audio tokens weighted 1/8 as in the loss. At lr 1e-4 the
    100 steps over 40 pairs drove the margin to 60-70 nats and lowered adherence and CLAP in
-   two pipeline runs; at 3e-5 (the default) the margins end near 25 and CLAP rose (README).
+   two pipeline runs; at 3e-5 (the default) the margins end near 25 and it costs less (README).
 """
 
 import os
