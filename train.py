@@ -471,12 +471,12 @@ def load_optimizer(args, model, opt, state):
 
 
 @torch.no_grad()
-def evaluate(model, held, args, device, autocast, n_batches=4):
-    """Loss on held-out samples (always the same ones)."""
+def evaluate(model, held, args, device, autocast, n_batches=4, rows=2):
+    """Loss on held-out samples: always the same ones, whatever --rows (packed `rows` at a time)."""
     model.eval()
     total, n, state = 0.0, 0, (0, [])
     for _ in range(n_batches):
-        b, state = held.batch(state, args.rows, args.budget)
+        b, state = held.batch(state, rows, args.budget)
         with autocast:
             r = loss_sums(model, to_device(b, device))
         total, n = total + float(r["sum"]), n + int(r["n"])
