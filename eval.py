@@ -14,7 +14,10 @@ manifest, as train.py holds them out).
   place of PANNs / PaSST);
 - understanding: answer accuracy (exact match) on held-out questions about real clips,
   and keyword accuracy of captions (every true event named, none invented);
-- text: exact-match accuracy on held-out arithmetic problems.
+- text: exact-match accuracy on held-out arithmetic problems;
+- why (--replicate): each step of a round of self-reflection checked against the world
+  (the plan, the audio, the critique's verdict and what it says it heard, the audio written
+  again), and whether DPO's CLAP-ranked pairs differ in adherence.
 """
 
 import argparse
@@ -195,6 +198,58 @@ def caption_gap(rt, rows, A=None, shift=7, onset=10):
 
 
 @torch.no_grad()
+def why_reflection(rt, rows, seeds):
+    """Why self-reflection helps or not: one round of reason.reflect per caption and seed,
+    each step checked against the world -> counts over the chains: the plan (the rich caption)
+    names the caption's events; the first audio holds them (the analyzer); the critique says
+    "Problem: none."; its verdict is the analyzer's; the sounds it says it heard are the ones
+    the analyzer hears; and the adherence of the first audio and of the one regenerated."""
+    n = plan_right = first_right = says_none = verdict = heard = 0
+    first, second = [], []
+    for seed in seeds:
+        for i, r in enumerate(tqdm(rows, desc=f"why reflection (seed {seed})")):
+            truth = {e["keyword"] for e in r["events"]}
+            with tempfile.TemporaryDirectory() as d:
+                s = reason.Settings(out=d, cfg=3.0, max_seconds=r["duration"] + 2, vae=False, seed=seed + i, echo=False)
+                try:
+                    steps = reason.reflect(rt, r["caption"], 1, s)
+                except ValueError:  # audio too short to hear: no critique to check
+                    continue
+            texts = [st["content"] for st in steps if st["kind"] == "text" and st["role"] == "assistant"]
+            audio = [st["codes"] for st in steps if st["kind"] == "audio" and st["role"] == "assistant"]
+            found = analyze(rt.codec.decode(audio[0][None].long())[0].numpy())
+            score = adherence(found, r["events"])
+            critique = texts[1] if len(texts) > 1 else ""
+            said = critique.split("Heard:")[1].split("Problem:")[0] if "Heard:" in critique else ""
+            n, plan_right = n + 1, plan_right + (named_keywords(texts[0].split("\n")[0]) == truth)
+            first_right += score["events"] == 1.0
+            says_none += tasks.NO_PROBLEM in critique
+            verdict += (tasks.NO_PROBLEM in critique) == (score["events"] == 1.0)
+            heard += named_keywords(said) == {e["keyword"] for e in found}
+            if len(audio) > 1:
+                again = audio[1] if audible(audio[1]) else None
+                first.append(score["score"])
+                second.append(adherence(analyze(rt.codec.decode(again[None].long())[0].numpy()), r["events"])["score"]
+                              if again is not None else 0.0)
+    return {"chains": n, "plan_right": plan_right, "first_right": first_right, "says_none": says_none,
+            "verdict": verdict, "heard": heard, "regenerated": len(first),
+            "first": float(np.mean(first)) if first else float("nan"),
+            "second": float(np.mean(second)) if second else float("nan"),
+            "better": int(sum(b > a for a, b in zip(first, second))), "worse": int(sum(b < a for a, b in zip(first, second)))}
+
+
+@torch.no_grad()
+def why_dpo(rt, pairs, rows):
+    """Does DPO's reward (CLAP) rank what adherence measures? The analyzer's adherence of each
+    cached pair's winner and loser (dpo.py's runs/dpo_pairs.pt), the ground truth found by the
+    pair's caption in rows -> (winner higher, winner lower, tied)."""
+    truth = {r["caption"]: r["events"] for r in rows}
+    won = [[adherence(analyze(rt.codec.decode(c[None].long())[0].numpy()), truth[caption])["score"] for c in (w, l)]
+           for caption, w, l, _ in tqdm(pairs, desc="why dpo")]
+    return sum(a > b for a, b in won), sum(a < b for a, b in won), sum(a == b for a, b in won)
+
+
+@torch.no_grad()
 def eval_text(rt, items):
     right = []
     for it in tqdm(items, desc="text"):
@@ -274,6 +329,26 @@ def replicate(args, gen, und, txt):
         out.append(f"| {prompt_key.replace('_', ' ')} | {how} | {g['score']} | {g['events']} "
                    f"| {g['layout']} | {g['counts']} | {g['pitch']} | {g['clap']} |")
         print(out[-1])
+    w = why_reflection(rt("sft"), rows, seeds)
+    n = w["chains"]
+    out += ["", f"Why: each step of one round of self-reflection checked against the world (sft.pt, CFG 3; the "
+            f"{len(rows)} captions, seeds {', '.join(map(str, seeds))}: {n} chains), and DPO's pairs by the analyzer.", "",
+            "| check | result |", "|---|---|",
+            f"| the plan (rich caption) names exactly the caption's events | {w['plan_right']} of {n} |",
+            f"| the first audio holds exactly those events (the analyzer) | {w['first_right']} of {n} |",
+            f"| the critique says `{tasks.NO_PROBLEM}` | {w['says_none']} of {n} |",
+            f"| its verdict is the analyzer's | {w['verdict']} of {n} |",
+            f"| the sounds it says it heard are the ones the analyzer hears | {w['heard']} of {n} |",
+            f"| regenerated after the critique named a problem: adherence of the first audio -> the second "
+            f"| {pct(w['first'])} -> {pct(w['second'])} ({w['regenerated']} chains; better in {w['better']}, "
+            f"worse in {w['worse']}) |"]
+    pairs = os.path.join(runs, "dpo_pairs.pt")
+    if os.path.isfile(pairs):
+        pairs = torch.load(pairs)
+        hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
+        out.append(f"| DPO's pairs (dpo_pairs.pt, ranked by CLAP): the winner's adherence above / below / equal "
+                   f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
+    print("\n".join(out[-10:]))
     with open(os.path.join(runs, "replication.md"), "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))

@@ -65,3 +65,43 @@ def test_binding_worked_example(monkeypatch):
     assert ev.eval_binding(rt, rows) == (0, 2, 5, 5)
     monkeypatch.setattr(ev, "generate_text", lambda *a, **k: "loud")
     assert ev.eval_binding(rt, rows) == (2, 2, 3, 5)
+
+
+def _stand_in_world(monkeypatch, ev):
+    """Codes (8, T) filled with 1 'are' a bell, with 2 a drum: the analyzer reads the value back,
+    adherence is 1 when the sets of sounds are equal."""
+    names = {1: "bell", 2: "drum"}
+    monkeypatch.setattr(ev, "analyze", lambda wav: [{"keyword": names[int(wav.flat[0])]}])
+    same = lambda found, events: float({f["keyword"] for f in found} == {e["keyword"] for e in events})  # noqa: E731
+    monkeypatch.setattr(ev, "adherence", lambda found, events: {"events": same(found, events), "score": same(found, events)})
+    codec = type("Codec", (), {"decode": staticmethod(lambda codes: codes.float())})
+    return type("Runtime", (), {"codec": codec})
+
+
+def test_why_reflection_worked_example(monkeypatch):
+    """Two scripted chains: a right plan, a right first audio and a critique that says so; a
+    wrong plan, a wrong audio, a critique that names a problem (and mishears), then a right audio."""
+    import eval as ev
+    rt = _stand_in_world(monkeypatch, ev)
+    clip = lambda v: torch.full((8, 3), v)  # noqa: E731
+    text = lambda t: {"kind": "text", "role": "assistant", "content": t}  # noqa: E731
+    audio = lambda v: {"kind": "audio", "role": "assistant", "codes": clip(v)}  # noqa: E731
+    heard = {"kind": "audio", "role": "user"}
+    chains = {"A bell.": [text("Keywords: bell\nLayout: bell"), audio(1), heard,
+                          text("Plan: A bell. Heard: A bell. Problem: none.")],
+              "A drum.": [text("Keywords: bell\nLayout: bell"), audio(1), heard,
+                          text("Plan: A bell. Heard: A hum. Problem: the drum is missing. Fix: add it."), audio(2)]}
+    monkeypatch.setattr(ev.reason, "reflect", lambda rt, caption, rounds, s: chains[caption])
+    rows = [{"caption": c, "duration": 1.0, "events": [{"keyword": c[2:-1].lower()}]} for c in chains]
+    assert ev.why_reflection(rt, rows, [0]) == {
+        "chains": 2, "plan_right": 1, "first_right": 1, "says_none": 1, "verdict": 2, "heard": 1,
+        "regenerated": 1, "first": 0.0, "second": 1.0, "better": 1, "worse": 0}
+
+
+def test_why_dpo_worked_example(monkeypatch):
+    import eval as ev
+    rt = _stand_in_world(monkeypatch, ev)
+    rows = [{"caption": "A bell.", "events": [{"keyword": "bell"}]}, {"caption": "A drum.", "events": [{"keyword": "drum"}]}]
+    clip = lambda v: torch.full((8, 3), v)  # noqa: E731
+    pairs = [("A bell.", clip(1), clip(2), 0.3), ("A drum.", clip(1), clip(2), 0.2), ("A drum.", clip(2), clip(2), 0.1)]
+    assert ev.why_dpo(rt, pairs, rows) == (1, 1, 1)
