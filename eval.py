@@ -244,6 +244,10 @@ def why_dpo(rt, pairs, rows):
     cached pair's winner and loser (dpo.py's runs/dpo_pairs.pt), the ground truth found by the
     pair's caption in rows -> (winner higher, winner lower, tied)."""
     truth = {r["caption"]: r["events"] for r in rows}
+    missing = [caption for caption, *_ in pairs if caption not in truth]
+    if missing:
+        raise ValueError(f"the DPO pairs' caption {missing[0]!r} is not in the manifest; evaluate with the --data "
+                         "the pairs were made from")
     won = [[adherence(analyze(rt.codec.decode(c[None].long())[0].numpy()), truth[caption])["score"] for c in (w, l)]
            for caption, w, l, _ in tqdm(pairs, desc="why dpo")]
     return sum(a > b for a, b in won), sum(a < b for a, b in won), sum(a == b for a, b in won)

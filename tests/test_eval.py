@@ -105,3 +105,5 @@ def test_why_dpo_worked_example(monkeypatch):
     clip = lambda v: torch.full((8, 3), v)  # noqa: E731
     pairs = [("A bell.", clip(1), clip(2), 0.3), ("A drum.", clip(1), clip(2), 0.2), ("A drum.", clip(2), clip(2), 0.1)]
     assert ev.why_dpo(rt, pairs, rows) == (1, 1, 1)
+    with pytest.raises(ValueError, match="not in the manifest"):
+        ev.why_dpo(rt, [("A hum.", clip(1), clip(2), 0.3)], rows)
