@@ -197,6 +197,12 @@ def caption_gap(rt, rows, A=None, shift=7, onset=10):
             "onset_gap": mean(other, onset) - mean(own, onset)}
 
 
+def judge(rt, codes, events):
+    """Codes (8, T) -> (what the analyzer hears in their audio, its adherence to the events)."""
+    found = analyze(rt.codec.decode(codes[None].long())[0].numpy())
+    return found, adherence(found, events)
+
+
 @torch.no_grad()
 def why_reflection(rt, rows, seeds):
     """Why self-reflection helps or not: one round of reason.reflect per caption and seed,
@@ -217,8 +223,7 @@ def why_reflection(rt, rows, seeds):
                     continue
             texts = [st["content"] for st in steps if st["kind"] == "text" and st["role"] == "assistant"]
             audio = [st["codes"] for st in steps if st["kind"] == "audio" and st["role"] == "assistant"]
-            found = analyze(rt.codec.decode(audio[0][None].long())[0].numpy())
-            score = adherence(found, r["events"])
+            found, score = judge(rt, audio[0], r["events"])
             critique = texts[1] if len(texts) > 1 else ""
             said = critique.split("Heard:")[1].split("Problem:")[0] if "Heard:" in critique else ""
             n, plan_right = n + 1, plan_right + (named_keywords(texts[0].split("\n")[0]) == truth)
@@ -227,10 +232,8 @@ def why_reflection(rt, rows, seeds):
             verdict += (tasks.NO_PROBLEM in critique) == (score["events"] == 1.0)
             heard += named_keywords(said) == {e["keyword"] for e in found}
             if len(audio) > 1:
-                again = audio[1] if audible(audio[1]) else None
                 first.append(score["score"])
-                second.append(adherence(analyze(rt.codec.decode(again[None].long())[0].numpy()), r["events"])["score"]
-                              if again is not None else 0.0)
+                second.append(judge(rt, audio[1], r["events"])[1]["score"] if audible(audio[1]) else 0.0)
     return {"chains": n, "plan_right": plan_right, "first_right": first_right, "says_none": says_none,
             "verdict": verdict, "heard": heard, "regenerated": len(first),
             "first": float(np.mean(first)) if first else float("nan"),
@@ -248,8 +251,7 @@ def why_dpo(rt, pairs, rows):
     if missing:
         raise ValueError(f"the DPO pairs' caption {missing[0]!r} is not in the manifest; evaluate with the --data "
                          "the pairs were made from")
-    won = [[adherence(analyze(rt.codec.decode(c[None].long())[0].numpy()), truth[caption])["score"] for c in (w, l)]
-           for caption, w, l, _ in tqdm(pairs, desc="why dpo")]
+    won = [[judge(rt, c, truth[caption])[1]["score"] for c in (w, l)] for caption, w, l, _ in tqdm(pairs, desc="why dpo")]
     return sum(a > b for a, b in won), sum(a < b for a, b in won), sum(a == b for a, b in won)
 
 
@@ -352,7 +354,6 @@ def replicate(args, gen, und, txt):
         hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
         out.append(f"| DPO's pairs (dpo_pairs.pt, ranked by CLAP): the winner's adherence above / below / equal "
                    f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
-    print("\n".join(out[-10:]))
     with open(os.path.join(runs, "replication.md"), "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))
