@@ -226,10 +226,9 @@ def why_reflection(rt, rows, seeds):
             found, score = judge(rt, audio[0], r["events"])
             critique = texts[1] if len(texts) > 1 else ""
             said = critique.split("Heard:")[1].split("Problem:")[0] if "Heard:" in critique else ""
+            right, fine = score["events"] == 1.0, tasks.NO_PROBLEM in critique
             n, plan_right = n + 1, plan_right + (named_keywords(texts[0].split("\n")[0]) == truth)
-            first_right += score["events"] == 1.0
-            says_none += tasks.NO_PROBLEM in critique
-            verdict += (tasks.NO_PROBLEM in critique) == (score["events"] == 1.0)
+            first_right, says_none, verdict = first_right + right, says_none + fine, verdict + (fine == right)
             heard += named_keywords(said) == {e["keyword"] for e in found}
             if len(audio) > 1:
                 first.append(score["score"])
