@@ -42,6 +42,7 @@ decoder: it buys perceptual crispness after days of GPU training, whereas the to
 is scored by spectral analysis. The LM sees the tokens through the delay pattern.
 
     python codec.py --out runs/codec     # toy preset: 3000 clips, about 3 min on two CPU cores, then scores
+    python codec.py --out runs/codec --eval-only --budget   # how much error the analyzer tolerates (error_budget)
 """
 
 import argparse
@@ -267,8 +268,11 @@ class Codec(nn.Module):
     @torch.no_grad()
     def magnitude(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, 8, T] -> the |STFT| they stand for [B, 641, T]."""
-        acoustic = self._decoded(codes)[..., :self.config.n_components]
-        compressed = (acoustic @ self.basis + self.mean).clamp(min=0)  # [B, T, 641]
+        return self.spectrum(self._decoded(codes))
+
+    def spectrum(self, vectors: torch.Tensor) -> torch.Tensor:
+        """What the RVQ quantises, [B, T, K + S] -> the |STFT| of its acoustic part [B, 641, T]."""
+        compressed = (vectors[..., :self.config.n_components] @ self.basis + self.mean).clamp(min=0)  # [B, T, 641]
         return compressed.pow(1 / self.config.power).transpose(1, 2)
 
     @torch.no_grad()
@@ -386,6 +390,40 @@ def evaluate_codec(codec: Codec, clips: list) -> dict:
     return {"log_mel_distance": float(np.mean(distances)), "semantic_error": semantic_error, **mean}
 
 
+@torch.no_grad()
+def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.25), leading: int = 64) -> dict:
+    """Where the quantiser's error goes, and how much error the analyzer tolerates: (wav, true events) clips -> {'curve', 'noisy'}.
+
+    curve: for k = 1..8, the squared error of the clips' coordinates (summed over the axes,
+    mean over frames) when only the first k codebooks code them (beam search), split into
+    the `leading` acoustic axes, the other acoustic axes and the semantic part.
+    noisy: {scale: the analyzer's mean score} when each clip's true coordinates get Gaussian
+    noise with the 8 codebooks' error variance on each axis times `scale`, then are decoded
+    as codes are: the score an error of that shape and size gives (scale 0: the axes alone).
+    e.g. on codec.py's 200 clips, scale 1 scores about what the codes do (NOTEBOOK.md).
+    """
+    wavs = [codec._frames(torch.as_tensor(np.asarray(w, np.float32))[None]) for w, _ in clips]
+    coords = [codec.coordinates(codec.compress(w), codec.teacher(w))[0] for w in wavs]  # [T, K + S] each
+    z, K = torch.cat(coords), codec.config.n_components
+    leading = min(leading, K)
+    curve = []
+    for k in tqdm(range(1, N_CODEBOOKS + 1), desc="codebooks", leave=False):
+        first = ResidualVQ(k, CODEBOOK_SIZE, z.shape[1])
+        first.codebooks.copy_(codec.quantizer.codebooks[:k])
+        variance = (first.decode(first.encode(z, codec.config.beam)) - z).pow(2).mean(0)  # [K + S]
+        curve.append({"codebooks": k, "total": float(variance.sum()), "leading": float(variance[:leading].sum()),
+                      "trailing": float(variance[leading:K].sum()), "semantic": float(variance[K:].sum())})
+    noisy, generator = {}, torch.Generator().manual_seed(0)
+    for scale in scales:  # `variance` is now the error variance of all 8 codebooks, per axis
+        scores = []
+        for (wav, truth), c in zip(tqdm(clips, desc=f"noise x {scale:g}", leave=False), coords):
+            vectors = c + torch.randn(c.shape, generator=generator) * (scale * variance).sqrt()
+            y = griffin_lim(codec.spectrum(vectors[None]))[0, :len(wav)]
+            scores.append(adherence(analyze(y.numpy()), truth)["score"])
+        noisy[scale] = float(np.mean(scores))
+    return {"curve": curve, "noisy": noisy}
+
+
 def main():
     p = argparse.ArgumentParser(description="Fit the codec to the toy world, then score it on held-out clips.")
     p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
@@ -395,6 +433,8 @@ def main():
     p.add_argument("--clips", type=int, default=3000, help="training clips: world indices 0..clips-1")
     p.add_argument("--eval-clips", type=int, default=200, help="held-out clips: indices from 1000000 on")
     p.add_argument("--eval-only", action="store_true", help="score out/codec.pt without fitting")
+    p.add_argument("--budget", action="store_true",
+                   help="also print the error left after each codebook and the scores of noise of that size (error_budget)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); 1 beside another job, as more than the free cores stalls both")
     args = p.parse_args()
@@ -415,6 +455,13 @@ def main():
     for key in result["original"]:
         print(f"{key:>8}: original {100 * result['original'][key]:5.1f}%   "
               f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+    if args.budget:
+        budget = error_budget(codec, held_out)
+        print("squared error of the coordinates by codebooks used (leading 64 axes / the other acoustic axes / semantic):")
+        for row in budget["curve"]:
+            print(f"  {row['codebooks']}: {row['total']:.3f} ({row['leading']:.3f} / {row['trailing']:.3f} / {row['semantic']:.3f})")
+        for scale, score in budget["noisy"].items():
+            print(f"analyzer score with noise of {scale:g} x the 8 codebooks' error variance: {100 * score:.1f}%")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ import torch
 
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   delay_pattern, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
+                   delay_pattern, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
                    train_codec, undelay_pattern, world_clips)
+from analyzer import adherence, analyze
 from rvq import ResidualVQ
 
 MICRO = CODEC_PRESETS["micro"]
@@ -213,6 +214,35 @@ def test_evaluate_codec_on_world_clips(trained):
     for name in ("original", "reconstruction"):
         assert set(result[name]) == {"events", "layout", "counts", "pitch", "score"}
         assert all(0 <= v <= 1 for v in result[name].values())
+
+
+def test_error_budget_against_a_direct_computation(trained):
+    """The curve's last row is the codes' own error, its parts add up, and noise of scale 0
+    scores what the projection onto the axes and back scores, computed here by hand."""
+    codec, clips = trained[0], world_clips(0, range(2))
+    budget = error_budget(codec, clips, scales=(0.0, 1.0))
+    errors = []
+    for wav, _ in clips:
+        x = codec._frames(torch.from_numpy(wav)[None])
+        z = codec.coordinates(codec.compress(x), codec.teacher(x))[0]
+        errors.append((codec.quantizer.decode(codec.encode(x)[0].T) - z).pow(2).sum(1))
+    last = budget["curve"][-1]
+    assert [row["codebooks"] for row in budget["curve"]] == list(range(1, N_CODEBOOKS + 1))
+    assert math.isclose(last["total"], float(torch.cat(errors).mean()), rel_tol=1e-4)
+    assert math.isclose(last["leading"] + last["trailing"] + last["semantic"], last["total"], rel_tol=1e-5)
+    wider = Codec(MICRO)  # more frames than codes, so that codebooks 2..8 have residuals to fit
+    wider.fit(tones(48), torch.Generator().manual_seed(0), progress=False)
+    curve = error_budget(wider, [(w, []) for w in tones(4, seed=9)], scales=())["curve"]  # unseen tones
+    assert curve[0]["total"] > 1.5 * curve[-1]["total"]
+    scores = []
+    for wav, truth in clips:
+        x = codec._frames(torch.from_numpy(wav)[None])
+        compressed = stft_frames(x).abs().pow(MICRO.power)[0].T  # [T, 641]
+        projected = ((compressed - codec.mean) @ codec.basis.T @ codec.basis + codec.mean).clamp(min=0)
+        y = griffin_lim(projected.pow(1 / MICRO.power).T[None])[0, :len(wav)]
+        scores.append(adherence(analyze(y.numpy()), truth)["score"])
+    assert budget["noisy"][0.0] == np.mean(scores)
+    assert 0 <= budget["noisy"][1.0] <= 1
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
