@@ -391,7 +391,7 @@ def evaluate_codec(codec: Codec, clips: list) -> dict:
 
 
 @torch.no_grad()
-def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.25), leading: int = 64) -> dict:
+def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.5, 0.25), leading: int = 64) -> dict:
     """Where the quantiser's error goes, and how much error the analyzer tolerates: (wav, true events) clips -> {'curve', 'noisy'}.
 
     curve: for k = 1..8, the squared error of the clips' coordinates (summed over the axes,
