@@ -392,7 +392,7 @@ def evaluate_codec(codec: Codec, clips: list) -> dict:
 
 @torch.no_grad()
 def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.5, 0.25), leading: int = 64) -> dict:
-    """Where the quantiser's error goes, and how much error the analyzer tolerates: (wav, true events) clips -> {'curve', 'noisy'}.
+    """Where the quantiser's error goes, and how much error the analyzer tolerates: (wav, true events) clips -> {'curve', 'noisy', 'leading_axes'}.
 
     curve: for k = 1..8, the squared error of the clips' coordinates (summed over the axes,
     mean over frames) when only the first k codebooks code them (beam search), split into
@@ -421,7 +421,7 @@ def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.5, 0.25), leadin
             y = griffin_lim(codec.spectrum(vectors[None]))[0, :len(wav)]
             scores.append(adherence(analyze(y.numpy()), truth)["score"])
         noisy[scale] = float(np.mean(scores))
-    return {"curve": curve, "noisy": noisy}
+    return {"curve": curve, "noisy": noisy, "leading_axes": leading}
 
 
 def main():
@@ -457,7 +457,8 @@ def main():
               f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
     if args.budget:
         budget = error_budget(codec, held_out)
-        print("squared error of the coordinates by codebooks used (leading 64 axes / the other acoustic axes / semantic):")
+        print(f"squared error of the coordinates by codebooks used (leading {budget['leading_axes']} axes / "
+              "the other acoustic axes / semantic):")
         for row in budget["curve"]:
             print(f"  {row['codebooks']}: {row['total']:.3f} ({row['leading']:.3f} / {row['trailing']:.3f} / {row['semantic']:.3f})")
         for scale, score in budget["noisy"].items():

@@ -243,6 +243,7 @@ def test_error_budget_against_a_direct_computation(trained):
         scores.append(adherence(analyze(y.numpy()), truth)["score"])
     assert budget["noisy"][0.0] == np.mean(scores)
     assert 0 <= budget["noisy"][1.0] <= 1
+    assert budget["leading_axes"] == MICRO.n_components  # 64 asked, the micro preset has 32 axes
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
