@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from codec import learning_rate
 from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, SAMPLE_RATE, AudioEncoder
-from world import KEYWORDS
+from toy.world import KEYWORDS
 
 K = len(KEYWORDS)
 N_TAGS = 2 * K + 4  # active per keyword, unit onset per keyword, low/high pitch, loud/quiet

@@ -62,7 +62,7 @@ import data
 from checkpoint import load_module, save_checkpoint  # noqa: F401 (save_checkpoint is re-exported)
 from encoder import log_mel_spectrogram, mel_filters
 from rvq import ResidualVQ
-from analyzer import adherence, analyze
+from toy.analyzer import adherence, analyze
 
 # ---------------------------------------------------------------------------------------
 # Constants (X-codec's; model.py's N_STREAMS and CODEBOOK_SIZE must equal these)

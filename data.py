@@ -27,8 +27,8 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-import world
-from world import LM_SR, MASTER_SR
+from toy import world
+from toy.world import LM_SR, MASTER_SR
 
 RESAMPLE_ZEROS = 16        # zero crossings of the sinc on each side: longer = sharper cutoff
 RESAMPLE_ROLLOFF = 0.94    # cutoff as a fraction of the lower of the two Nyquist rates

@@ -38,8 +38,8 @@ from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
 from sequences import build, frame_nll
 from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
-from analyzer import adherence, analyze
-from world import KEYWORDS
+from toy.analyzer import adherence, analyze
+from toy.world import KEYWORDS
 
 
 def named_keywords(text):

@@ -64,7 +64,7 @@ def dialogue_turns(row):
     """The questions the model asks and the user's answers, from the clip's ground truth.
     e.g. a bell then a drum -> [(ASK_SOUNDS, 'bell and drum'), (ASK_LAYOUT, 'one after the
     other'), (ASK_DETAILS, 'a low bell; two drum hits')]."""
-    import world
+    from toy import world
     events = row["events"]
     turns = [(ASK_SOUNDS, " and ".join(ev["keyword"] for ev in events))]
     if len(events) > 1:

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from checkpoint import load_module, save_checkpoint
 from codec import Codec, learning_rate, magnitude, mel_bank
 from data import make_example, resample
-from world import LM_SR, MASTER_SR
+from toy.world import LM_SR, MASTER_SR
 
 # ---------------------------------------------------------------------------------------
 # Constants

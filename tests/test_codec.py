@@ -13,7 +13,7 @@ import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
                    delay_pattern, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
                    train_codec, undelay_pattern, world_clips)
-from analyzer import adherence, analyze
+from toy.analyzer import adherence, analyze
 from rvq import ResidualVQ
 
 MICRO = CODEC_PRESETS["micro"]

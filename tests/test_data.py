@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import analyzer
+from toy import analyzer
 import data
-import world
+from toy import world
 
 SEED = 0
 N_ANALYZED = 100           # ground-truth clips the analyzer is scored on

@@ -34,7 +34,7 @@ def test_kl_worked_example():
 
 
 def test_every_question_of_the_world_has_its_kind():
-    import world
+    from toy import world
     from eval import question_kind
     asked = {}
     for i in range(200):

@@ -11,7 +11,7 @@ import torch
 
 import reason
 import tasks
-import world
+from toy import world
 from model import ASSISTANT, AUDIO_IN, N_SPECIAL, UALM, UALMConfig
 from sequences import build
 

@@ -7,7 +7,7 @@ it judges the codec's reconstructions and the LM's generated clips.
 """
 import numpy as np
 
-from world import BELL_PARTIALS, LM_SR, PITCH_RANGE, pitch_label
+from toy.world import BELL_PARTIALS, LM_SR, PITCH_RANGE, pitch_label
 
 N_FFT, N_FFT_LOW, HOP = 1024, 2048, 160   # 64 ms / 128 ms windows, 10 ms hop, at 16 kHz
 FRAME = HOP / LM_SR
