@@ -23,15 +23,25 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from utils import atomic_path, save_atomic
+
 
 def save_checkpoint(path, model: nn.Module, step: int) -> None:
-    """Write {config, model, step} atomically: to path + '.tmp', then os.replace onto path.
-    (The codec's and the VAE's; `model.config` is their dataclass.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": asdict(model.config), "model": model.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)
+    """Write {config, model, step} atomically (utils.save_atomic). The codec's and the VAE's:
+    `model.config` is their dataclass."""
+    save_atomic({"config": asdict(model.config), "model": model.state_dict(), "step": step}, path)
+
+
+def load_ckpt(path, stage):
+    """A checkpoint train.py wrote for `stage` (runs/sft.pt, runs/clap.pt, ...), or one clear
+    error that names the stage to run."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python train.py --stage {stage}` first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it and run "
+                         f"`python train.py --stage {stage}` again") from None
 
 
 def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module:
@@ -123,7 +133,7 @@ def load_safetensors(path):
 
 
 def save_safetensors(tensors, path):
-    """The inverse of load_safetensors (written to a temporary file, then renamed)."""
+    """The inverse of load_safetensors, written atomically (utils.atomic_path)."""
     names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     header, offset, blobs = {}, 0, []
     for name, t in tensors.items():
@@ -133,13 +143,11 @@ def save_safetensors(tensors, path):
         blobs.append(b)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)  # pad so the data starts 8-byte aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(h).to_bytes(8, "little"))
         f.write(h)
         for b in blobs:
             f.write(b)
-    os.replace(tmp, path)
 
 
 def read_config(path):

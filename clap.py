@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from codec import learning_rate
+from utils import learning_rate
 from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, SAMPLE_RATE, AudioEncoder
 from toy.world import KEYWORDS
 

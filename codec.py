@@ -99,39 +99,6 @@ CODEC_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------
-# The delay pattern (MusicGen's, as the UALM release uses it)
-
-
-def delay_pattern(codes: torch.Tensor, pad: int = -1) -> torch.Tensor:
-    """Shift codebook k right by k steps: codes [B, K, T] -> [B, K, T + K - 1].
-
-    At step s the LM predicts {c1[s], c2[s-1], ..., cK[s-K+1]}, so each frame's coarse
-    codes are known before its fine ones. Empty cells hold `pad` (-1: that codebook's
-    pad, which model.UALMConfig.audio_ids maps to index 0 of its interval). For K = 3,
-    T = 4, with S = pad:
-
-        [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]  ->  [[1, 2, 3, 4, S, S],
-                                                         [S, 1, 2, 3, 4, S],
-                                                         [S, S, 1, 2, 3, 4]]
-    """
-    B, K, T = codes.shape
-    out = codes.new_full((B, K, T + K - 1), pad)
-    for k in range(K):
-        out[:, k, k:k + T] = codes[:, k]
-    return out
-
-
-def undelay_pattern(delayed: torch.Tensor) -> torch.Tensor:
-    """The exact inverse: delayed [B, K, T + K - 1] -> codes [B, K, T], row k = delayed[:, k, k:k+T].
-
-    e.g. [[1, 2, 3, 4, S, S], [S, 1, 2, 3, 4, S], [S, S, 1, 2, 3, 4]] -> [[1, 2, 3, 4]] * 3.
-    """
-    B, K, S = delayed.shape
-    T = S - (K - 1)
-    return torch.stack([delayed[:, k, k:k + T] for k in range(K)], dim=1)
-
-
-# ---------------------------------------------------------------------------------------
 # The semantic teacher (frozen, non-learned stand-in for HuBERT)
 
 
@@ -340,14 +307,6 @@ def world_clips(seed: int, indices) -> list:
     """Toy-world clips (data.py): (0, range(2)) -> [(16 kHz mono float32 (N,), ground-truth events), ...]."""
     examples = (data.make_example(seed, i) for i in indices)
     return [(ex["audio"], ex["plan"]["events"]) for ex in examples]
-
-
-def learning_rate(step: int, steps: int, peak: float, warmup: int = 20) -> float:
-    """Linear warm-up, then cosine decay to 10% of peak: (step 20 of 600, 1e-3) -> 1e-3 (the VAE's and the LM's schedule)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", seed: int = 0, progress: bool = True) -> Codec:

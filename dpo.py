@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 import codec as codec_lib
 import tasks
+from checkpoint import load_ckpt
 from clap import Clap, pad_ids
 from model import AUDIO, UALM, UALMConfig
 from sample import audible, generate_audio, prefix
-from sequences import build, collate, row_logp
-from train import fail, get_tokenizer, lm_data, load_ckpt, lr_at, n_loss_positions, save_atomic
+from sequences import build, collate, n_loss_positions, row_logp
+from tasks import get_tokenizer, lm_data
+from utils import learning_rate, save_atomic
 
 
 @torch.no_grad()
@@ -94,14 +96,14 @@ def train_dpo(args):
     pairs = dpo_pairs(args, policy, tok, data["tta"][0], codec, clap)
     pairs = [p for p in pairs if p[3] > args.dpo_min_gap]
     if not pairs:
-        fail("no DPO pair has a reward gap above --dpo_min_gap; sample more with --dpo_samples")
+        raise ValueError("no DPO pair has a reward gap above --dpo_min_gap; sample more with --dpo_samples")
     policy.train()
     opt = torch.optim.AdamW(policy.parameters(), lr=args.dpo_lr, betas=(0.9, 0.95), weight_decay=0.0)
     g = np.random.default_rng(args.seed)
     log, bar = [], tqdm(range(args.dpo_steps), desc="dpo")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.dpo_steps, args.dpo_lr, warmup=10)
+            group["lr"] = learning_rate(step, args.dpo_steps, args.dpo_lr, warmup=10)
         caption, win, lose, _ = pairs[g.integers(len(pairs))]
         s = pair_samples(caption, win, lose, tok, policy.cfg)
         batch = collate(s, [[0], [1]], max(len(x) for x in s))

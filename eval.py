@@ -37,7 +37,8 @@ from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
 from sequences import build, frame_nll
-from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix
+from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
+from utils import fail
 from toy.analyzer import adherence, analyze
 from toy.world import KEYWORDS
 

@@ -16,7 +16,6 @@ Part 3, UALM (SPEC.md section 1): the same backbone over a unified vocabulary
 placeholder positions, and a shared head whose audio logits are restricted per codebook.
 """
 
-import time
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -122,66 +121,12 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-GEMV_ROWS = 4  # up to this many rows, Linear may take its own CPU paths (decoding),
-GEMV_MIN_SIZE = 1 << 16  # for weights of this many elements or more (small ones: F.linear is as fast)
-# oneDNN's fp32 inner product (a private op of torch's oneDNN bindings); it takes a plain weight
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-OWN_PATH_WINS = {}  # {1: bool, 2: bool} for one row and for 2-4 rows; empty until measured: F.linear
-
-
-def own_matmul(x, w, b=None):
-    """x (rows, k) @ w.T + b (rows, n) without MKL's gemv: oneDNN's inner product for one
-    fp32 row without grad, else W @ x.T (MKL's gemm)."""
-    if x.shape[0] == 1 and ONEDNN_LINEAR and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled():
-        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-    y = (w @ x.T).T
-    return y if b is None else y + b
-
-
-@torch.no_grad()
-def calibrate_cpu_matmul(repeats=3):
-    """Which reads a weight larger than the caches faster on this CPU, for one row and for
-    two: F.linear (MKL) or own_matmul? Measured once per process, on four 32 MB weights read
-    in turn; own_matmul is chosen only where it is 1.25x faster, so noise does not flip it.
-    Two 2-core machines disagreed: on one (2026-11) MKL's gemv read a weight at 11 GB/s and
-    own_matmul at 18-44 (0.5B decode 1.84x transformers'); on the other (2026-12, with AMX)
-    F.linear was the faster, and forcing own_matmul made decode 0.89x transformers' (0.50x
-    for CFG's two rows) and toy sampling 4.1x real time instead of 5.6x."""
-    if OWN_PATH_WINS:
-        return OWN_PATH_WINS
-    ws = torch.empty(4, 4096, 2048).fill_(0.01)
-    for rows in (1, 2):
-        x = torch.full((rows, 2048), 0.01)
-        best = {}
-        for name, f in (("own", own_matmul), ("linear", lambda x, w: F.linear(x, w))) * repeats:
-            for w in ws:
-                t = time.perf_counter()
-                f(x, w)
-                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
-        OWN_PATH_WINS[rows] = 1.25 * best["own"] < best["linear"]
-    return OWN_PATH_WINS
-
-
 class Linear(nn.Linear):
-    """nn.Linear without its own init (every weight is set by _init_weights or loaded), and with
-    a CPU decode path for a few rows x and a weight larger than the caches, own_matmul, taken
-    where calibrate_cpu_matmul (run by setup_cache) found it faster than F.linear."""
+    """nn.Linear that leaves its weights to _init_weights (or to a checkpoint): its own
+    Kaiming init would draw from the random generator and be overwritten at once."""
 
-    def __init__(self, in_features, out_features, bias=True):
-        # the attributes of nn.Linear.__init__, set directly rather than through nn.Module.__setattr__:
-        # the 169 Linears of a 0.5B model build on the meta device (from_pretrained) in 1.7 ms, not 3.5
-        nn.Module.__init__(self)
-        self.__dict__.update(in_features=in_features, out_features=out_features)
-        self._parameters["weight"] = nn.Parameter(torch.empty(out_features, in_features))
-        self._parameters["bias"] = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    def forward(self, x):
-        rows = x.numel() // self.in_features
-        w = self.weight
-        if (x.device.type != "cpu" or not 0 < rows <= GEMV_ROWS or w.numel() < GEMV_MIN_SIZE
-                or not OWN_PATH_WINS.get(min(rows, 2), False)):
-            return F.linear(x, w, self.bias)
-        return own_matmul(x.reshape(rows, self.in_features), w, self.bias).reshape(*x.shape[:-1], self.out_features)
+    def reset_parameters(self):
+        pass
 
 
 class Attention(nn.Module):
@@ -339,8 +284,6 @@ class Qwen2(nn.Module):
         keeps its buffers (CUDA graphs replay at fixed addresses)."""
         w = self.model.embed_tokens.weight
         dtype, device = dtype or w.dtype, torch.device(device or w.device)
-        if device.type == "cpu":
-            calibrate_cpu_matmul()  # once per process: which matmul decodes faster on this CPU
         for layer in self.model.layers:
             a = layer.self_attn
             if a.kv_cache is None or not a.kv_cache.fits(batch_size, max_len, dtype, device):
@@ -505,10 +448,6 @@ class UALM(nn.Module):
         w = self.lm.lm_head.weight[off:off + N_STREAMS * INTERVAL].view(N_STREAMS, INTERVAL, -1)
         s = torch.cat([self.stream_emb.new_zeros(1, h.shape[-1]), self.stream_emb]).to(h.dtype)
         x = h.unsqueeze(-2) + s  # (..., 8, d)
-        rows = x.numel() // (N_STREAMS * x.shape[-1])
-        if x.device.type == "cpu" and 0 < rows <= GEMV_ROWS and OWN_PATH_WINS.get(2, False):  # W_k @ x_k.T
-            out = torch.bmm(w, x.reshape(rows, N_STREAMS, -1).permute(1, 2, 0))  # (8, 1025, rows)
-            return out.permute(2, 0, 1).reshape(*x.shape[:-1], INTERVAL)
         return torch.einsum("...kd,kvd->...kv", x, w)
 
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):

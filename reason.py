@@ -34,7 +34,8 @@ import torch
 import tasks
 from codec import FRAME_RATE
 from model import AUDIO, N_STREAMS, TEXT
-from sample import audible, decode_text, fail, generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio
+from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio
+from utils import fail
 
 MODES = ("enrich", "dialogue", "reflect")
 ANSWER_SEP = "|"  # not ';': the toy world's detail answers contain it ('a low bell; two drum hits')

@@ -18,7 +18,6 @@ stereo by the VAE.
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 
 import soundfile as sf
@@ -30,8 +29,9 @@ from data import load_audio
 from encoder import MIN_SAMPLES
 from model import (ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, compile_step,
                    sample_next)
-from sequences import build
+from sequences import build, delay_cells, undelay_pattern
 from tokenizer import QwenTokenizer, SPTokenizer
+from utils import fail
 from vae import MASTER_SR, EnhanceVAE
 
 
@@ -142,12 +142,9 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
     for s in range(max_frames + N_STREAMS - 1):
         if guided:
             logits = cfg_scale * logits[:n] + (1 - cfg_scale) * logits[n:]
-        k = torch.arange(N_STREAMS, device=device)
-        must_pad = (s < k)[None] | (s >= end[:, None] + k[None])  # (n, 8): delay pattern's empty cells
-        inside = (s >= k)[None] & (s < end[:, None] + k[None])
-        logits[..., 0] = logits[..., 0].masked_fill(inside & (k[None] > 0), float("-inf"))  # no early pad
-        idx = sample_next(logits, temperature, top_k, generator)  # (n, 8)
-        idx = idx.masked_fill(must_pad, 0)
+        cells = delay_cells(s, end)  # (n, 8): False where the delay pattern puts a pad
+        logits[..., 1:, 0] = logits[..., 1:, 0].masked_fill(cells[:, 1:], float("-inf"))  # no early pad
+        idx = sample_next(logits, temperature, top_k, generator).masked_fill(~cells, 0)  # (n, 8)
         stopped = (idx[:, 0] == 0) & (end == max_frames) & (s < max_frames)
         end = torch.where(stopped, torch.full_like(end, s), end)  # codebook 0's pad: T = s frames
         steps.append(idx)
@@ -157,7 +154,7 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
         row = torch.cat([row, row]) if guided else row
         logits = decode_step(model, model.embed(row), torch.tensor([L + s], device=device))
     delayed = torch.stack(steps, -1) - 1  # (n, 8, S), -1 where pad
-    return [torch.stack([delayed[i, j, j:j + int(end[i])] for j in range(N_STREAMS)]) for i in range(n)]
+    return [undelay_pattern(delayed[i:i + 1, :, :int(end[i]) + N_STREAMS - 1])[0] for i in range(n)]
 
 
 @torch.no_grad()
@@ -192,11 +189,6 @@ def choose_modality(model, rows, feats=None):
     h = model(rows[None].to(device), feats)[:, -1]
     logits = model.text_logits(h)[0]
     return TEXT if logits[TEXT] >= logits[AUDIO] else AUDIO
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
 
 
 def main():

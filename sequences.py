@@ -24,9 +24,57 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from codec import delay_pattern
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, SYSTEM, TEXT,
                    USER, doc_segments, packed_mask)
+
+# -----------------------------------------------------------------------------
+# The delay pattern (MusicGen's, as the UALM release uses it): training lays audio out with
+# delay_pattern, sampling asks delay_cells which cells of each step may hold a code, and
+# undelay_pattern turns the sampled grid back into frames.
+
+
+def delay_pattern(codes: torch.Tensor, pad: int = -1) -> torch.Tensor:
+    """Shift codebook k right by k steps: codes [B, K, T] -> [B, K, T + K - 1].
+
+    At step s the LM predicts {c1[s], c2[s-1], ..., cK[s-K+1]}, so each frame's coarse
+    codes are known before its fine ones. Empty cells hold `pad` (-1: that codebook's
+    pad, which model.UALMConfig.audio_ids maps to index 0 of its interval). For K = 3,
+    T = 4, with S = pad:
+
+        [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]  ->  [[1, 2, 3, 4, S, S],
+                                                         [S, 1, 2, 3, 4, S],
+                                                         [S, S, 1, 2, 3, 4]]
+    """
+    B, K, T = codes.shape
+    out = codes.new_full((B, K, T + K - 1), pad)
+    for k in range(K):
+        out[:, k, k:k + T] = codes[:, k]
+    return out
+
+
+def undelay_pattern(delayed: torch.Tensor) -> torch.Tensor:
+    """The exact inverse: delayed [B, K, T + K - 1] -> codes [B, K, T], row k = delayed[:, k, k:k+T].
+
+    e.g. [[1, 2, 3, 4, S, S], [S, 1, 2, 3, 4, S], [S, S, 1, 2, 3, 4]] -> [[1, 2, 3, 4]] * 3.
+    """
+    B, K, S = delayed.shape
+    T = S - (K - 1)
+    return torch.stack([delayed[:, k, k:k + T] for k in range(K)], dim=1)
+
+
+def delay_cells(step: int, n_frames: torch.Tensor, K: int = N_STREAMS) -> torch.Tensor:
+    """Which cells of row `step` of a delayed grid hold a code, for clips of n_frames (n,)
+    frames: (n, K) bool, False where the pattern puts its pad. Cell k of row s holds frame
+    s - k of codebook k, so it holds a code when 0 <= s - k < n_frames. While a clip's
+    length is not known yet, pass the largest it may have. e.g. K = 3, n_frames [2]:
+        step 0 -> [[T, F, F]], step 1 -> [[T, T, F]], step 2 -> [[F, T, T]], step 3 -> [[F, F, T]].
+    """
+    k = torch.arange(K, device=n_frames.device)
+    return (step >= k)[None] & (step < n_frames[:, None] + k[None])
+
+
+# -----------------------------------------------------------------------------
+# Conversations -> grids
 
 ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 NO_LOSS, TOKEN, FRAME = 0, 1, 2
@@ -79,23 +127,32 @@ def cfg_dropout(s):
     return Sample(torch.where(keep[:, None], s.ids, PAD), torch.where(keep, s.kind, NO_LOSS), None)
 
 
-def pack(lengths, budget):
-    """Best-fit decreasing: sample lengths -> bins (lists of indices), each within budget.
-    e.g. pack([6, 5, 4, 3], 10) -> [[0, 2], [1, 3]]."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    bins, room = [], []
-    for i in order:
-        if lengths[i] > budget:
-            raise ValueError(f"a sample of {lengths[i]} rows does not fit the budget of {budget}; raise --budget")
-        fits = [b for b in range(len(bins)) if room[b] >= lengths[i]]
-        if fits:
-            b = min(fits, key=lambda b: room[b])
-            bins[b].append(i)
-            room[b] -= lengths[i]
-        else:
-            bins.append([i])
-            room.append(budget - lengths[i])
-    return bins
+def pack(next_sample, rows, budget, lookahead=64):
+    """Best fit: draw samples from next_sample() and put each into the row with the least room
+    that still holds it, until every row is full or `lookahead` samples fitted nowhere.
+    next_sample() -> (key, Sample), or None when there are no more. Returns (samples, bins,
+    deferred): bins[b] lists the indices into samples of row b; deferred holds the
+    (key, Sample) pairs that did not fit, for the next batch. e.g. lengths 6, 5, 4, 3, 3 into
+    2 rows of 10 with lookahead=1: 6 -> row 0, 5 -> row 1, 4 -> row 0 (the least room, 4),
+    3 -> row 1, the second 3 fits nowhere and closes the batch: bins [[0, 2], [1, 3]],
+    deferred [the second 3]."""
+    bins, room, samples, deferred = [[] for _ in range(rows)], [budget] * rows, [], []
+    while len(deferred) < lookahead and max(room) > 0:
+        item = next_sample()
+        if item is None:
+            break
+        key, s = item
+        if len(s) > budget:
+            raise ValueError(f"a sample of {len(s)} rows does not fit a row of {budget} positions; raise --budget")
+        fits = [b for b in range(rows) if room[b] >= len(s)]
+        if not fits:
+            deferred.append((key, s))
+            continue
+        b = min(fits, key=room.__getitem__)
+        bins[b].append(len(samples))
+        samples.append(s)
+        room[b] -= len(s)
+    return samples, bins, deferred
 
 
 def collate(samples, bins, budget):
@@ -123,13 +180,11 @@ def collate(samples, bins, budget):
     return {"ids": ids, "kind": kind, "doc": doc, "pos": pos, "feats": torch.cat(feats) if feats else None}
 
 
-DENSE_MASK = False  # train.py --compile sets it: one (T, T) mask per row keeps every shape fixed, where
-# attention run per packed sample (segments) has other shapes for every packing, and recompiles
-
-
-def attention(doc):
-    """How the model keeps packed samples apart: per-sample attention calls, or a dense mask."""
-    return {"mask": packed_mask(doc)} if DENSE_MASK else {"segments": doc_segments(doc)}
+def attention(doc, dense_mask=False):
+    """How the model keeps packed samples apart: attention run per packed sample (segments),
+    or one dense (T, T) mask per row. The mask costs T x T but keeps every shape fixed, which
+    torch.compile needs (per-sample calls have new shapes for every packing)."""
+    return {"mask": packed_mask(doc)} if dense_mask else {"segments": doc_segments(doc)}
 
 
 def audio_ce(model, h, tgt):
@@ -140,12 +195,13 @@ def audio_ce(model, h, tgt):
     return F.cross_entropy(logits.flatten(0, 1), (tgt - first).flatten(), reduction="none").view(-1, N_STREAMS)
 
 
-def loss_sums(model, batch):
+def loss_sums(model, batch, dense_mask=False):
     """Summed losses of a batch: {"sum": scalar, "n": positions with loss, "frames",
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
     is sum / n: each frame's 8 CEs weigh 1/8, normalised by the stream-0 loss positions."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], **attention(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
+              **attention(batch["doc"][:, :-1], dense_mask))
     tgt, kind = ids[:, 1:], kind[:, 1:]
     tok, frm = kind == TOKEN, kind == FRAME
     text = F.cross_entropy(model.text_logits(h[tok]).float(), tgt[tok][:, 0], reduction="sum")
@@ -153,6 +209,12 @@ def loss_sums(model, batch):
     n = tok.sum() + frm.sum()
     return {"sum": text + per_cb.sum() / N_STREAMS, "n": n, "frames": frm.sum(), "tokens": tok.sum(),
             "text": text, "codebooks": per_cb}
+
+
+def n_loss_positions(batch):
+    """The positions of a batch that carry a loss (tokens and frames): the loss's denominator."""
+    kind = batch["kind"][:, 1:]
+    return int(((kind == TOKEN) | (kind == FRAME)).sum())
 
 
 def frame_nll(model, s):
@@ -166,11 +228,12 @@ def frame_nll(model, s):
     return audio_ce(model, h[frm], ids[1:][frm]).mean(1)
 
 
-def row_logp(model, batch):
+def row_logp(model, batch, dense_mask=False):
     """Log-probability of each row's trained audio frames, (B,), each codebook's term
     weighing 1/8 as in the loss: what DPO compares between policy and reference."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1], **attention(batch["doc"][:, :-1]))
+    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
+              **attention(batch["doc"][:, :-1], dense_mask))
     frm = kind[:, 1:] == FRAME
     lp = -audio_ce(model, h[frm], ids[:, 1:][frm]).sum(1)
     return torch.zeros(ids.shape[0], device=ids.device).index_add(0, frm.nonzero()[:, 0], lp / N_STREAMS)

@@ -18,12 +18,20 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
                  the critique found a problem, assistant: corrected audio
 """
 
+import os
+
+from data import read_generation, read_reflection, read_text, read_understanding
+from tokenizer import QwenTokenizer, SPTokenizer
+
 TTA_PROMPT = "Generate audio for this caption. "
 DIALOGUE_PROMPT = "Ask me about it first. "
 ASK_SOUNDS = "Which sounds should it have?"
 ASK_LAYOUT = "Should they play one after the other or at the same time?"
 ASK_DETAILS = "Any details about each sound?"
 NO_PROBLEM = "Problem: none."
+
+# -----------------------------------------------------------------------------
+# Each task as a conversation
 
 
 def tta(row, A):
@@ -95,3 +103,64 @@ def reflect(item, A, flawed=True):
         return msgs + [{"role": "assistant", "text": f"Plan: {heard} Heard: {heard} {NO_PROBLEM}"}]
     return msgs + [{"role": "assistant", "text": item["critique"]},
                    {"role": "assistant", "codes": A["codes"][item["reference"]]}]
+
+
+# -----------------------------------------------------------------------------
+# The LM's data: the manifests of --data split into training and held-out clips, and the
+# tokenizer that reads them
+
+
+def generation_clips(args):
+    """The generation manifest of --data, split into (train, held-out) lists of records."""
+    path = os.path.join(args.data, "generation.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: make the toy world first with "
+                                f"`python data.py --out {args.data} --n 2000`")
+    rows = read_generation(path)
+    if len(rows) <= args.n_eval:
+        raise ValueError(f"{path} has {len(rows)} clips, not more than --n_eval {args.n_eval}; make more with data.py")
+    return rows[:-args.n_eval], rows[-args.n_eval:]
+
+
+def texts_of(args):
+    """Every text of the data folder: the tokenizer's training corpus."""
+    gen = read_generation(os.path.join(args.data, "generation.jsonl"))
+    out = [r[k] for r in gen for k in ("caption", "rich_caption", "vague_prompt")]
+    out += [TTA_PROMPT, ASK_SOUNDS, ASK_LAYOUT, ASK_DETAILS, NO_PROBLEM]
+    out += [a for r in gen for _, a in dialogue_turns(r)]
+    out += [t["value"] for it in read_understanding(os.path.join(args.data, "understanding.json"))
+            for t in it["conversations"]]
+    out += [t["input"][0]["content"] + " " + t["output"] for t in read_text(os.path.join(args.data, "text.jsonl"))]
+    out += [r["critique"] for r in read_reflection(os.path.join(args.data, "reflection.jsonl"))]
+    return out
+
+
+def get_tokenizer(args):
+    """Qwen's tokenizer with --init_from, else a SentencePiece model trained on the data once."""
+    if args.init_from:
+        return QwenTokenizer.from_pretrained(args.init_from)
+    folder = os.path.join(args.out, "tokenizer")
+    if not os.path.isfile(os.path.join(folder, "sentencepiece.model")):
+        SPTokenizer.train(texts_of(args), folder, vocab_size=args.vocab_size)
+    return SPTokenizer.from_pretrained(folder)
+
+
+def lm_data(args):
+    """The manifests, each split into (train, held-out) by clip: {task: (train, held)}."""
+    gen_train, gen_held = generation_clips(args)
+    held = {r["location"] for r in gen_held}
+    und = read_understanding(os.path.join(args.data, "understanding.json"))
+    txt = read_text(os.path.join(args.data, "text.jsonl"))
+    refl = read_reflection(os.path.join(args.data, "reflection.jsonl"))
+
+    def split(items, key):
+        return [i for i in items if i[key] not in held], [i for i in items if i[key] in held]
+
+    def by_clip(items, most=16):  # a clip's questions as one conversation (understand), 16 at most
+        groups = {}
+        for it in items:
+            groups.setdefault(it["sound"], []).append(it)
+        return [g[i:i + most] for g in groups.values() for i in range(0, len(g), most)]
+    clips = (gen_train, gen_held)
+    return {"tta": clips, "enrich": clips, "dialogue": clips, "understand": tuple(map(by_clip, split(und, "sound"))),
+            "text": (txt[:-args.n_eval], txt[-args.n_eval:]), "reflect": split(refl, "reference")}

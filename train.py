@@ -37,15 +37,17 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import clap as clap_lib
 import codec as codec_lib
-import sequences
 import tasks
 import vae as vae_lib
-import clap as clap_lib
-from data import SerialPool, load_audio, read_generation, read_reflection, read_text, read_understanding
+from checkpoint import load_ckpt
+from data import SerialPool, load_audio
+from dpo import train_dpo
 from model import N_SPECIAL, PRESETS, UALM, UALMConfig
-from sequences import FRAME, TOKEN, build, cfg_dropout, collate, loss_sums
-from tokenizer import QwenTokenizer, SPTokenizer
+from sequences import build, cfg_dropout, collate, loss_sums, n_loss_positions, pack
+from tasks import generation_clips, get_tokenizer, lm_data
+from utils import atomic_path, fail, learning_rate, save_atomic
 
 STAGES = ["codec", "vae", "clap", "gen", "align", "pretrain", "sft", "dpo"]
 LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain",  # stage: the one it starts from
@@ -59,23 +61,6 @@ MIXTURES = {
     "und": {"understand": 1.0},
 }
 CFG_TASKS = ("tta", "enrich", "dialogue")  # tasks whose audio also trains the unconditional branch
-
-
-def fail(msg):
-    """One clear sentence and a non-zero exit, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def generation_clips(args):
-    """The generation manifest of --data, split into (train, held-out) lists of records."""
-    path = os.path.join(args.data, "generation.jsonl")
-    if not os.path.isfile(path):
-        fail(f"{path} not found: make the toy world first with `python data.py --out {args.data} --n 2000`")
-    rows = read_generation(path)
-    if len(rows) <= args.n_eval:
-        fail(f"{path} has {len(rows)} clips, not more than --n_eval {args.n_eval}; make more with data.py")
-    return rows[:-args.n_eval], rows[-args.n_eval:]
 
 
 def mono(row):
@@ -116,46 +101,7 @@ def stage_vae(args):
     print(vae_lib.report(vae_lib.evaluate_vae(model, [stereo_pair(r, mono(r)) for r in held], codec)))
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_ckpt(path, what):
-    if not os.path.isfile(path):
-        fail(f"{path} not found: run `python train.py --stage {what}` first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        fail(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it and run --stage {what} again")
-
-
 # ----------------------------------------------------------------------------- clap
-
-
-def texts_of(args):
-    """Every text of the data folder: the tokenizer's training corpus."""
-    gen = read_generation(os.path.join(args.data, "generation.jsonl"))
-    out = [r[k] for r in gen for k in ("caption", "rich_caption", "vague_prompt")]
-    out += [tasks.TTA_PROMPT, tasks.ASK_SOUNDS, tasks.ASK_LAYOUT, tasks.ASK_DETAILS, tasks.NO_PROBLEM]
-    out += [a for r in gen for _, a in tasks.dialogue_turns(r)]
-    out += [t["value"] for it in read_understanding(os.path.join(args.data, "understanding.json"))
-            for t in it["conversations"]]
-    out += [t["input"][0]["content"] + " " + t["output"] for t in read_text(os.path.join(args.data, "text.jsonl"))]
-    out += [r["critique"] for r in read_reflection(os.path.join(args.data, "reflection.jsonl"))]
-    return out
-
-
-def get_tokenizer(args):
-    """Qwen's tokenizer with --init_from, else a SentencePiece model trained on the data once."""
-    if args.init_from:
-        return QwenTokenizer.from_pretrained(args.init_from)
-    folder = os.path.join(args.out, "tokenizer")
-    if not os.path.isfile(os.path.join(folder, "sentencepiece.model")):
-        SPTokenizer.train(texts_of(args), folder, vocab_size=args.vocab_size)
-    return SPTokenizer.from_pretrained(folder)
 
 
 def stage_clap(args):
@@ -171,27 +117,6 @@ def stage_clap(args):
 
 
 # ----------------------------------------------------------------------------- the LM's data
-
-
-def lm_data(args):
-    """The manifests, each split into (train, held-out) by clip: {task: (train, held)}."""
-    gen_train, gen_held = generation_clips(args)
-    held = {r["location"] for r in gen_held}
-    und = read_understanding(os.path.join(args.data, "understanding.json"))
-    txt = read_text(os.path.join(args.data, "text.jsonl"))
-    refl = read_reflection(os.path.join(args.data, "reflection.jsonl"))
-
-    def split(items, key):
-        return [i for i in items if i[key] not in held], [i for i in items if i[key] in held]
-
-    def by_clip(items, most=16):  # a clip's questions as one conversation (tasks.understand), 16 at most
-        groups = {}
-        for it in items:
-            groups.setdefault(it["sound"], []).append(it)
-        return [g[i:i + most] for g in groups.values() for i in range(0, len(g), most)]
-    clips = (gen_train, gen_held)
-    return {"tta": clips, "enrich": clips, "dialogue": clips, "understand": tuple(map(by_clip, split(und, "sound"))),
-            "text": (txt[:-args.n_eval], txt[-args.n_eval:]), "reflect": split(refl, "reference")}
 
 
 _EARS = {}  # in each cache worker: the codec and the CLAP audio tower
@@ -259,35 +184,25 @@ class Stream:
         return self.make(task, self.items[task][rng.integers(len(self.items[task]))], rng.random())
 
     def batch(self, state, rows, budget, lookahead=64):
-        """Best-fit the next samples into `rows` rows of `budget` positions.
-        state = (next position, positions deferred earlier); -> (batch, new state). A sample
-        that fits nowhere is deferred to the next batch; `lookahead` deferrals close the batch."""
+        """The next samples best-fitted into `rows` rows of `budget` positions (sequences.pack).
+        state = (next position, positions deferred earlier) -> (batch, new state): a sample
+        that fits nowhere waits for the next batch, first in line."""
         pos, pending = state
-        bins, room, samples, deferred = [[] for _ in range(rows)], [budget] * rows, [], []
-        while len(deferred) < lookahead and max(room) > 0:
+
+        def next_sample():
+            nonlocal pos, pending
             if pending:
                 i, pending = pending[0], pending[1:]
             else:
                 i, pos = pos, pos + 1
-            s = self.deferred.pop(i) if i in self.deferred else self.sample(i)
-            if len(s) > budget:
-                raise ValueError(f"sample {i} has {len(s)} rows, over --budget {budget}; raise --budget")
-            fits = [b for b in range(rows) if room[b] >= len(s)]
-            if not fits:
-                deferred.append(i)
-                self.deferred[i] = s
-                continue
-            b = min(fits, key=room.__getitem__)
-            bins[b].append(len(samples))
-            samples.append(s)
-            room[b] -= len(s)
-        return collate(samples, bins, budget), (pos, deferred + pending)
+            return i, (self.deferred.pop(i) if i in self.deferred else self.sample(i))
+
+        samples, bins, deferred = pack(next_sample, rows, budget, lookahead)
+        self.deferred.update(deferred)
+        return collate(samples, bins, budget), (pos, [i for i, _ in deferred] + pending)
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-lr_at = codec_lib.learning_rate  # linear warmup, then cosine to 10% of peak; every model uses it
 
 
 def lm_model(args, tok, audio_dim):
@@ -340,20 +255,17 @@ def to_device(batch, device):
     return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
 
 
-def n_loss_positions(batch):
-    kind = batch["kind"][:, 1:]
-    return int(((kind == TOKEN) | (kind == FRAME)).sum())
-
-
 class LossModule(torch.nn.Module):
-    """The model and its loss in one forward, so DDP / FSDP see every parameter used."""
+    """The model and its loss in one forward, so DDP / FSDP see every parameter used.
+    dense_mask: packed samples kept apart by one (T, T) mask per row, fixed shapes for
+    torch.compile (sequences.attention)."""
 
-    def __init__(self, model):
+    def __init__(self, model, dense_mask=False):
         super().__init__()
-        self.model = model
+        self.model, self.dense_mask = model, dense_mask
 
     def forward(self, batch):
-        return loss_sums(self.model, batch)
+        return loss_sums(self.model, batch, self.dense_mask)
 
 
 def distributed(args):
@@ -371,7 +283,7 @@ def distributed(args):
 
 
 def wrap(args, model, world):
-    net = LossModule(model)
+    net = LossModule(model, dense_mask=args.compile)
     if world == 1:
         return net
     if args.fsdp:  # shard every block, then the rest: parameters, grads and AdamW state split over ranks
@@ -404,14 +316,13 @@ def fit(args, model, stream, held):
         load_optimizer(args, model, opt, ck["optimizer"])
     bf16 = device.startswith("cuda") or args.cpu_bf16
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
-    sequences.DENSE_MASK = args.compile  # fixed shapes: one compiled graph for every packed batch
     if args.compile:
         net = torch.compile(net)
     bar = tqdm(range(step, args.steps), desc=args.stage, initial=step, total=args.steps, disable=rank > 0)
     for step in bar:
         t0 = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            g["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         batches = []
         for _ in range(args.grad_accum * world):
             b, state = stream.batch(state, args.rows, args.budget)
@@ -445,9 +356,8 @@ def fit(args, model, stream, held):
                   "args": vars(args), "step": step + 1, "data_state": state, "rng": torch.get_rng_state(), "log": log}
             if rank == 0:
                 save_atomic(ck, path)
-                with open(log_path + ".tmp", "w") as f:
+                with atomic_path(log_path) as tmp, open(tmp, "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in log)
-                os.replace(log_path + ".tmp", log_path)
         if step + 1 == args.stop_at:
             break
     if world > 1:
@@ -484,11 +394,6 @@ def evaluate(model, held, args, device, autocast, n_batches=4, rows=2):
     return total / max(1, n)
 
 
-def stage_dpo(args):
-    from dpo import train_dpo  # its own file: pairs from the model's samples, the DPO loss
-    train_dpo(args)
-
-
 def stage_all(args):
     """The whole toy pipeline in order, skipping stages that already have a checkpoint."""
     if not os.path.isfile(os.path.join(args.data, "generation.jsonl")):
@@ -515,7 +420,7 @@ def stage_all(args):
 STAGE_STEPS = {"gen": 900, "align": 100, "pretrain": 700, "sft": 300, "und": 430}
 
 
-STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": stage_dpo,
+STAGE_FNS = {"codec": stage_codec, "vae": stage_vae, "clap": stage_clap, "dpo": train_dpo,
              **{s: stage_lm for s in LM_STAGES}}
 
 

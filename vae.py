@@ -51,8 +51,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import load_module, save_checkpoint
-from codec import Codec, learning_rate, magnitude, mel_bank
+from codec import Codec, magnitude, mel_bank
 from data import make_example, resample
+from utils import learning_rate
 from toy.world import LM_SR, MASTER_SR
 
 # ---------------------------------------------------------------------------------------

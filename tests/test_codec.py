@@ -1,4 +1,4 @@
-"""codec.py: the delay pattern against its worked example, Griffin-Lim on a sine, the
+"""codec.py: Griffin-Lim on a sine, the
 principal axes against numpy's SVD, the RVQ against a brute-force search and on points it
 must code exactly, shapes and rates, a micro fit, and checkpoints that load exactly or
 fail clearly."""
@@ -11,8 +11,9 @@ import torch
 
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   delay_pattern, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
-                   train_codec, undelay_pattern, world_clips)
+                   error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
+                   train_codec, world_clips)
+from sequences import delay_pattern
 from toy.analyzer import adherence, analyze
 from rvq import ResidualVQ
 
@@ -34,37 +35,9 @@ def trained(tmp_path_factory):
     return train_codec(out, tones(16), MICRO, seed=0, progress=False), out
 
 
-# ---------------------------------------------------------------------------------------------- delay pattern
+# ---------------------------------------------------------------------------------------------- constants
 def test_constants_match_the_lm_vocabulary():
     assert (N_CODEBOOKS, CODEBOOK_SIZE) == (model.N_STREAMS, model.CODEBOOK_SIZE)
-
-
-def test_delay_pattern_worked_example():
-    S = -1
-    codes = torch.tensor([[1, 2, 3, 4]] * 3)[None]  # [1, 3, 4]
-    want = torch.tensor([[1, 2, 3, 4, S, S], [S, 1, 2, 3, 4, S], [S, S, 1, 2, 3, 4]])[None]
-    assert torch.equal(delay_pattern(codes), want)
-    assert torch.equal(undelay_pattern(want), codes)
-
-
-@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 8, 5), (3, 8, 50), (2, 3, 4)])
-def test_delay_pattern_round_trip(shape):
-    B, K, T = shape
-    codes = torch.randint(CODEBOOK_SIZE, shape, generator=torch.Generator().manual_seed(T))
-    delayed = delay_pattern(codes)
-    assert delayed.shape == (B, K, T + K - 1)
-    assert torch.equal(undelay_pattern(delayed), codes)
-    for k in range(K):  # codebook k: k pads, its codes, K-1-k pads
-        assert (delayed[:, k, :k] == -1).all() and (delayed[:, k, k + T:] == -1).all()
-        assert torch.equal(delayed[:, k, k:k + T], codes[:, k])
-
-
-def test_delay_pads_map_to_each_interval_index_zero():
-    cfg = model.UALMConfig()
-    ids = cfg.audio_ids(delay_pattern(torch.zeros(1, 8, 2, dtype=torch.long)))  # [1, 8, 9]
-    for k in range(8):
-        assert ids[0, k, 0 if k else 8] == cfg.audio_offset + k * model.INTERVAL  # a pad cell
-        assert ids[0, k, k] == cfg.audio_offset + k * model.INTERVAL + 1  # code 0
 
 
 # ---------------------------------------------------------------------------------------------- frames, Griffin-Lim

@@ -285,37 +285,10 @@ def test_ualm_streams_and_audio_slots(monkeypatch):
         for k in range(N_STREAMS):
             lo = cfg.audio_offset + k * 1025
             torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
-        for wins in ({}, {1: True, 2: True}):  # F.linear's einsum, then the CPU decode path (bmm)
-            monkeypatch.setattr(model_lib, "OWN_PATH_WINS", wins)
-            for last in (h[:, -1], h[0, -2:]):  # one and two rows: the decoding path of audio_logits
-                torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
+        for last in (h[:, -1], h[0, -2:]):  # one and two rows, as decoding calls it
+            torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
     with pytest.raises(ValueError, match="1 audio frames given for 2"):
         u.embed(grid, feats[:1])
-
-
-@pytest.mark.parametrize("shape", [(1, 1000), (2, 1, 1000), (4, 1000), (3, 5, 1000)])
-def test_linear_gemv_path_equals_f_linear(shape, monkeypatch):
-    """model.Linear takes own_matmul (W @ x.T, or oneDNN's inner product for one row without
-    grad) for a few rows and a large weight where it is the faster (here forced, whatever this
-    CPU's calibration says): the same values and gradients as F.linear."""
-    monkeypatch.setattr(model_lib, "OWN_PATH_WINS", {1: True, 2: True})
-    torch.manual_seed(0)
-    lin = model_lib.Linear(1000, 1100)  # 1.1M elements: over GEMV_MIN_SIZE
-    torch.nn.init.normal_(lin.weight, std=0.02)
-    torch.nn.init.normal_(lin.bias, std=0.02)
-    assert lin.weight.numel() >= model_lib.GEMV_MIN_SIZE
-    x = torch.randn(shape, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    y, ref = lin(x), torch.nn.functional.linear(x_ref, lin.weight, lin.bias)
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    y.sum().backward()
-    ref.sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():
-        torch.testing.assert_close(lin(x), ref, atol=1e-5, rtol=1e-5)
-        xs = torch.randn(*shape[:-1], 2000)[..., ::2]  # a strided x, as h[:, -1] in decoding
-        torch.testing.assert_close(lin(xs), torch.nn.functional.linear(xs, lin.weight, lin.bias),
-                                   atol=1e-5, rtol=1e-5)
 
 
 def test_sample_next_top_k_distribution():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sample
-from codec import delay_pattern
+from sequences import delay_pattern
 from model import AUDIO, N_STREAMS, UALM, UALMConfig
 from sample import generate_audio, prefix
 

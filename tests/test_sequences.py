@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sequences
-from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
-from sequences import FRAME, NO_LOSS, TOKEN, build, cfg_dropout, collate, loss_sums, pack
+from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
+from sequences import (FRAME, NO_LOSS, TOKEN, build, cfg_dropout, collate, delay_cells, delay_pattern, loss_sums, pack,
+                       frame_nll, row_logp, undelay_pattern)
 
 CFG = UALMConfig(text_size=100, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
                                                             num_hidden_layers=2, num_attention_heads=4,
@@ -42,6 +42,43 @@ def test_template_worked_example():
     assert s.feats.shape == (3, 16)
 
 
+def test_delay_pattern_worked_example():
+    S = -1
+    codes = torch.tensor([[1, 2, 3, 4]] * 3)[None]  # [1, 3, 4]
+    want = torch.tensor([[1, 2, 3, 4, S, S], [S, 1, 2, 3, 4, S], [S, S, 1, 2, 3, 4]])[None]
+    assert torch.equal(delay_pattern(codes), want)
+    assert torch.equal(undelay_pattern(want), codes)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 8, 5), (3, 8, 50), (2, 3, 4)])
+def test_delay_pattern_round_trip(shape):
+    B, K, T = shape
+    codes = torch.randint(1024, shape, generator=torch.Generator().manual_seed(T))
+    delayed = delay_pattern(codes)
+    assert delayed.shape == (B, K, T + K - 1)
+    assert torch.equal(undelay_pattern(delayed), codes)
+    for k in range(K):  # codebook k: k pads, its codes, K-1-k pads
+        assert (delayed[:, k, :k] == -1).all() and (delayed[:, k, k + T:] == -1).all()
+        assert torch.equal(delayed[:, k, k:k + T], codes[:, k])
+
+
+def test_delay_pads_map_to_each_interval_index_zero():
+    cfg = UALMConfig()
+    ids = cfg.audio_ids(delay_pattern(torch.zeros(1, 8, 2, dtype=torch.long)))  # [1, 8, 9]
+    for k in range(8):
+        assert ids[0, k, 0 if k else 8] == cfg.audio_offset + k * INTERVAL  # a pad cell
+        assert ids[0, k, k] == cfg.audio_offset + k * INTERVAL + 1  # code 0
+
+
+def test_delay_cells_are_the_non_pad_cells_of_the_pattern():
+    """delay_cells, row by row, against the cells delay_pattern fills with codes."""
+    for T in (1, 2, 5):
+        grid = delay_pattern(torch.zeros(1, 8, T, dtype=torch.long))[0]  # (8, T + 7), -1 = pad
+        for step in range(T + 7):
+            assert torch.equal(delay_cells(step, torch.tensor([T]))[0], grid[:, step] != -1)
+    assert delay_cells(1, torch.tensor([2]), K=3).tolist() == [[True, True, False]]  # the docstring's step 1
+
+
 def test_cfg_dropout_keeps_only_the_audio():
     codes = torch.randint(0, 1024, (8, 4))
     s = cfg_dropout(build([{"role": "user", "text": "abc"}, {"role": "assistant", "codes": codes}], enc, CFG))
@@ -50,15 +87,27 @@ def test_cfg_dropout_keeps_only_the_audio():
     assert (s.ids[~frame] == PAD).all() and (s.kind[~frame] == NO_LOSS).all()
 
 
-def test_best_fit_packing():
-    assert pack([6, 5, 4, 3], 10) == [[0, 2], [1, 3]]
-    assert pack([7, 2, 2, 2, 2], 8) == [[0], [1, 2, 3, 4]]
+def pack_lengths(lengths, rows, budget, lookahead=64):
+    """pack over stand-in samples of the given lengths: (the lengths of each row, deferred keys)."""
+    todo = iter(enumerate(torch.zeros(n, 8) for n in lengths))
+    samples, bins, deferred = pack(lambda: next(todo, None), rows, budget, lookahead)
+    return [[len(samples[i]) for i in b] for b in bins], [k for k, _ in deferred]
+
+
+def test_best_fit_packing_worked_examples():
+    # the docstring's example: 6 and 4 fill row 0, 5 and 3 row 1, the second 3 waits
+    assert pack_lengths([6, 5, 4, 3, 3], 2, 10, lookahead=1) == ([[6, 4], [5, 3]], [4])
+    # best fit, not first fit: the 2 goes to the row with the least room that holds it
+    assert pack_lengths([7, 5, 2], 2, 10) == ([[7, 2], [5]], [])
+    # a sample that fits nowhere is deferred, later ones still fill the rows
+    assert pack_lengths([8, 8, 5, 2, 2], 2, 10) == ([[8, 2], [8, 2]], [2])
+    with pytest.raises(ValueError, match="raise --budget"):
+        pack_lengths([11], 1, 10)
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_packed_loss_equals_one_by_one(dense, monkeypatch):
+def test_packed_loss_equals_one_by_one(dense):
     """Per-sample attention (segments) and the dense mask of train.py --compile alike."""
-    monkeypatch.setattr(sequences, "DENSE_MASK", dense)
     torch.manual_seed(0)
     model = UALM(CFG).eval()
     with torch.no_grad():
@@ -71,9 +120,10 @@ def test_packed_loss_equals_one_by_one(dense, monkeypatch):
               {"role": "assistant", "codes": torch.randint(0, 1024, (8, 3))}]]
     samples = [build(c, enc, CFG) for c in convs]
     samples.append(cfg_dropout(samples[0]))
-    bins = pack([len(s) for s in samples], 48)
-    assert len(bins) < len(samples)  # something really got packed together
-    packed = loss_sums(model, collate(samples, bins, 48))
+    todo = iter(enumerate(samples))
+    samples, bins, deferred = pack(lambda: next(todo, None), 3, 48)
+    assert not deferred and sum(len(b) > 1 for b in bins)  # all placed, something really packed together
+    packed = loss_sums(model, collate(samples, bins, 48), dense_mask=dense)
     alone = [loss_sums(model, collate(samples, [[i]], len(s))) for i, s in enumerate(samples)]
     for key in ("sum", "n", "text", "codebooks"):
         torch.testing.assert_close(packed[key], sum(a[key] for a in alone), atol=1e-5, rtol=1e-5)
@@ -128,7 +178,7 @@ def test_row_logp_is_each_rows_audio_log_likelihood():
     model = UALM(CFG).eval()
     samples = [build([{"role": "user", "text": t}, {"role": "assistant", "codes": torch.randint(0, 1024, (8, n))}],
                      enc, CFG) for t, n in (("ab", 6), ("cde", 2))]
-    got = sequences.row_logp(model, collate(samples, [[0], [1]], max(len(s) for s in samples)))
+    got = row_logp(model, collate(samples, [[0], [1]], max(len(s) for s in samples)))
     want = torch.stack([-loss_sums(model, collate([s], [[0]], len(s)))["codebooks"].sum() / 8 for s in samples])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -155,6 +205,6 @@ def test_frame_nll_is_each_frames_codebook_mean_by_hand():
             logits = model.lm.lm_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
             want.append(sum(F.cross_entropy(logits[k, CFG.audio_offset + 1025 * k:CFG.audio_offset + 1025 * (k + 1)],
                                             s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)) / 8)
-    got = sequences.frame_nll(model, s)
+    got = frame_nll(model, s)
     assert len(want) == 3 + 7
     torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=1e-5)
