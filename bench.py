@@ -1,5 +1,7 @@
 """
-Benchmarks: each figure is a ratio against a reference measured in the same run.
+A tool, not a part of the model: speed and memory benchmarks of this implementation
+(decoding, loading, tokenizing, training, sampling). Each figure is a ratio against a
+reference measured in the same process or run, never an absolute number to trust alone.
 
     python bench.py decode     # greedy tokens/s vs transformers' generate (0.5B shape, fp32, CPU)
     python bench.py load       # from_pretrained vs safetensors.torch.load_file (0.5B shape, bf16)
@@ -456,7 +458,7 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
 
 
 def bench_gpu(device, presets, peak_tflops):
-    """Every GPU figure the issues ask for, each part on its own so one failure leaves the rest."""
+    """Every GPU benchmark (decode, train, sample per preset), each part on its own so one failure leaves the rest."""
     dtype = torch.bfloat16
     small = torch.device(device).type == "cpu"  # a smoke run of the same code
     parts = [(f"decode {p}", lambda p=p: gpu_decode(p, device, dtype, new_tokens=16 if small else 64)) for p in presets]
@@ -467,7 +469,7 @@ def bench_gpu(device, presets, peak_tflops):
     for name, fn in parts:
         try:
             fn()
-        except Exception as e:  # report and go on: device time is scarce
+        except Exception as e:  # report and go on: one failing part does not cost the others' figures
             print(f"  {name} FAILED: {type(e).__name__}: {e}")
         if not small:
             torch.cuda.empty_cache()
@@ -485,9 +487,10 @@ def hf_twin_config(c):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all", "gpu"])
-    p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS))
-    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all", "gpu"],
+                   help="which benchmark (see above)")
+    p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS), help="decode, load: the backbone shape")
+    p.add_argument("--new_tokens", type=int, default=64, help="decode: greedy tokens generated per run")
     p.add_argument("--device", default="cuda", help="gpu: the device (cpu runs a smoke test of the same code)")
     p.add_argument("--presets", default="qwen2.5-0.5b,qwen2.5-1.5b", help="gpu: backbone shapes, comma-separated")
     p.add_argument("--peak_tflops", type=float, default=989.0,

@@ -1,5 +1,5 @@
-"""Checkpoint files, written atomically and read back with one clear error for each way a
-file can be wrong.
+"""Checkpoint files for every part of UALM (plumbing, not a component of the paper): written
+atomically and read back with one clear error for each way a file can be wrong.
 
 Ours, for the audio models (codec.py, vae.py): a dataclass config and a state dict.
 
@@ -85,6 +85,7 @@ def load_module(cls, config_cls, path, config, name: str, how: str) -> nn.Module
 
 
 
+# the dtype names of a safetensors header -> torch's (the ones HF checkpoints use)
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool}
@@ -151,6 +152,7 @@ def save_safetensors(tensors, path):
 
 
 def read_config(path):
+    """An HF folder's config.json -> dict, or one clear error for a missing or broken file."""
     fn = os.path.join(path, "config.json")
     if not os.path.isfile(fn):
         raise FileNotFoundError(f"{fn}: not found; pass a Hugging Face checkpoint folder")

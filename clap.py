@@ -1,5 +1,7 @@
 """
-A small contrastive audio-text model of the toy world (CLAP-style). Three jobs:
+The toy world's CLAP: a small contrastive audio-text model that stands in for the
+pretrained models the paper relies on (CLAP for evaluation and the DPO reward, SPEC.md
+section 7; the frozen AF-Whisper audio encoder, section 3). Three jobs:
 
 - the CLAP score of evaluation: cosine similarity of a clip's and a prompt's embeddings;
 - the reward that ranks the model's own samples into DPO pairs;
@@ -27,9 +29,9 @@ from toy.world import KEYWORDS
 
 K = len(KEYWORDS)
 N_TAGS = 2 * K + 4  # active per keyword, unit onset per keyword, low/high pitch, loud/quiet
-# The tagging loss weighs 10x the contrastive one: the LM hears these features and answers from
-# them. Held-out clips whose set of events the tagger alone gets exactly right: weight 1, 1200
-# steps 72%; weight 3, 1200 steps 94%; weight 10, 900 steps 94% (`train.py --stage clap` prints it).
+# Weight of the frame-tagging loss against the contrastive one: high, because the LM hears these
+# features and answers from them, so which events sound when must survive in them, not only what
+# a caption-level embedding needs (evaluate_clap's 'exact_events' checks it).
 TAG_WEIGHT = 10.0
 
 

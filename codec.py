@@ -1,6 +1,7 @@
-"""The mouth of UALM: an X-codec-style RVQ codec, 16 kHz audio <-> 8 x 1024 tokens at 50 Hz.
+"""The audio tokenizer UALM writes audio in (X-codec, SPEC.md section 2): an RVQ codec,
+16 kHz audio <-> 8 x 1024 tokens at 50 Hz, the "mouth" of the model.
 
-X-codec (Ye et al. 2024, SPEC.md section 2) quantises acoustic and semantic features
+X-codec (Ye et al. 2024, "Codec does matter") quantises acoustic and semantic features
 together, so the first codebooks carry meaning as well as sound:
 
     wav [B, N] --STFT (n_fft 1280, hop 320)--> |X| [B, 641, T] --^0.4--> principal axes --> [B, T, 256]
@@ -18,16 +19,13 @@ ones their presence), then written as coordinates on the 256 principal axes of t
 training frames; decoding maps the codes' coordinates back and Griffin-Lim finds a
 phase. The LM-side interface is X-codec's: the same codes at 50 Hz, the same delay pattern.
 
-Why no trained encoder and decoder: until 2026-12-03 we trained one (conv stacks with
-Snake activations over the principal coordinates of log-magnitude frames, RVQ codebooks
-by moving averages, spectral, mel, shape, peak and slope losses; NOTEBOOK.md and
-git history have it). Its best recipe, 4800 steps in 11 minutes, kept the world's
-analyzer at 79.0% on 200 held-out clips against 96.2% on the originals. k-means on the
-compressed principal coordinates of 3000 clips keeps 89.0-90.4% on the same clips (three
-k-means seeds) in 3.4 minutes (one fit: 90.9% with a beam search over the codebooks, 88.2% greedy), at
-about half the log-mel distance (0.074, against 0.142). The projection itself
-loses nothing the analyzer hears (97.3% on 100 clips against 97.5%); what is lost is the
-quantiser's: 80 bits per frame.
+Why fitted linear maps and not a trained encoder and decoder: the projection onto the
+principal axes keeps almost everything the toy world's analyzer hears, so the only loss
+that matters is the quantiser's (8 codebooks x 10 bits = 80 bits per frame), and k-means
+spends those bits where the training frames vary most. A learned conv encoder/decoder
+would have to learn that projection as well, from far more training; the fit here takes
+minutes on a CPU, is deterministic from its seed, and a beam search over the codebooks
+(rvq.py) lowers the quantiser's error further.
 
 The teacher in X-codec is a frozen HuBERT. No weights can be downloaded here, so our
 stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.py) at
@@ -41,7 +39,7 @@ The adversarial term of X-codec (and of DAC/EnCodec) is left out with the traine
 decoder: it buys perceptual crispness after days of GPU training, whereas the toy world
 is scored by spectral analysis. The LM sees the tokens through the delay pattern.
 
-    python codec.py --out runs/codec     # toy preset: 3000 clips, about 3 min on two CPU cores, then scores
+    python codec.py --out runs/codec     # toy preset: fit on 3000 clips (minutes on a CPU), then score
     python codec.py --out runs/codec --eval-only --budget   # how much error the analyzer tolerates (error_budget)
 """
 
@@ -86,10 +84,10 @@ class CodecConfig:
     n_components: int = 256  # principal axes of the compressed magnitude frames (the acoustic coordinates)
     semantic_components: int = 32  # principal axes of the teacher's features
     semantic_share: float = 0.1  # the semantic coordinates' variance, as a share of the acoustic ones'
-    power: float = 0.4  # |X| ** power before the axes: 0.4 scored 91% on 100 held-out clips, 0.2 85.5%, log 82.8%
+    power: float = 0.4  # |X| ** power before the axes: between linear (quiet bins vanish) and log (noise weighs as much as peaks)
     kmeans_iters: int = 10  # Lloyd steps per codebook
     kmeans_sample: int = 200_000  # frames per Lloyd step (a fresh random draw each step)
-    beam: int = 8  # candidates the encoder keeps per codebook: one fit scored 90.9% on 200 held-out clips, 88.2% greedy (1), 90.2% with 32
+    beam: int = 8  # candidates kept per codebook when encoding (1 = greedy): lets the later codebooks undo an early choice
 
 
 CODEC_PRESETS = {
@@ -359,7 +357,8 @@ def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.5, 0.25), leadin
     noisy: {scale: the analyzer's mean score} when each clip's true coordinates get Gaussian
     noise with the 8 codebooks' error variance on each axis times `scale`, then are decoded
     as codes are: the score an error of that shape and size gives (scale 0: the axes alone).
-    e.g. on codec.py's 200 clips, scale 1 scores about what the codes do (NOTEBOOK.md).
+    Comparing scale 1 with the codes' own score tells whether the error's size per axis,
+    not its exact shape, explains what the analyzer loses.
     """
     wavs = [codec._frames(torch.as_tensor(np.asarray(w, np.float32))[None]) for w, _ in clips]
     coords = [codec.coordinates(codec.compress(w), codec.teacher(w))[0] for w in wavs]  # [T, K + S] each

@@ -1,8 +1,9 @@
-"""Data on disk: the resampler, audio loading, the manifests in the authors' formats, the CLI.
+"""UALM's training data on disk (the release's manifest formats; SPEC.md sections 5 and 11):
+the resampler, audio loading, the manifests' writers and readers, the CLI.
 
-    python data.py --out toy --n 1000 --seed 0
+    python data.py --out toy_data --n 1000 --seed 0
 
-writes the toy world (world.py) as the UALM release lays out real data, so the same
+writes the toy world (toy/world.py) as the UALM release lays out real data, so the same
 readers load either:
 
     generation.jsonl     {"location", "caption", "duration", "sample_rate", + rich caption,
@@ -35,8 +36,8 @@ RESAMPLE_ROLLOFF = 0.94    # cutoff as a fraction of the lower of the two Nyquis
 KAISER_BETA = 8.6          # window shape: ~80 dB stopband
 SUBTYPE = "PCM_16"         # wav sample format written by the CLI
 
-CAPTION_PROMPT = "Describe the audio in one sentence."
-RICH_PROMPT = "Describe the audio with keywords, layout and description."
+CAPTION_PROMPT = "Describe the audio in one sentence."  # the user's words of a captioning item
+RICH_PROMPT = "Describe the audio with keywords, layout and description."  # ... of a rich-captioning item
 
 
 # ----------------------------------------------------------------------------- audio
@@ -147,7 +148,7 @@ def _write_clip(args):
 
 
 def write_dataset(out, n, seed=0, workers=1):
-    """Synthesise n clips into folder out and write the four manifests: ('toy', 100) -> Path('toy')."""
+    """Synthesise n clips into folder out and write the four manifests: ('toy_data', 100) -> Path('toy_data')."""
     out = Path(out)
     for sub in ("audio", "audio48k", "flawed"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def _read_lines(path, required):
 
 
 def _absolute(path, location):
-    """A manifest location made absolute: ('toy/generation.jsonl', 'audio/a.wav') -> '/.../toy/audio/a.wav'."""
+    """A manifest location made absolute: ('toy_data/generation.jsonl', 'audio/a.wav') -> '/.../toy_data/audio/a.wav'."""
     return str((Path(path).resolve().parent / location).resolve())
 
 
@@ -234,7 +235,7 @@ def read_reflection(path):
 
 def main():
     p = argparse.ArgumentParser(description="Write the toy world as UALM-format manifests and wavs.")
-    p.add_argument("--out", default="toy", help="output folder")
+    p.add_argument("--out", default="toy_data", help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of clips")
     p.add_argument("--seed", type=int, default=0, help="world seed; clip i depends only on (seed, i)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes that synthesise clips")

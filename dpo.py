@@ -1,16 +1,19 @@
 """
-DPO on the model's own samples (paper section 7): `python train.py --stage dpo`.
+DPO on the model's own samples, UALM-Reason's preference stage (paper; SPEC.md section 7):
+`python train.py --stage dpo`.
 
 1. For training captions, sample several clips from the SFT model itself (no CFG, temperature
    1, no top-k: the reference's own distribution), decode them, and rank them with the CLAP
-   reward: best and worst make a pair. Pairs sampled as at inference (CFG 3, temperature 0.8,
-   top-k 20) are sharper than the model; training on them sharpened it, CFG at inference
-   sharpened it again, and DPO made CLAP and FD worse (NOTEBOOK.md, the replication runs).
+   reward: best and worst make a pair. Sampling from the reference's own distribution means
+   DPO compares what the reference itself would write. Pairs sampled as at inference (CFG,
+   lower temperature, top-k) are sharper than the model: training on them would sharpen the
+   policy, and CFG at inference would then sharpen it a second time.
 2. Train against a frozen copy of the SFT model: a cross-entropy warm-up on the winners,
    then -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))) plus a CE term on winners,
-   with log-probabilities over the audio tokens weighted 1/8 as in the loss. At lr 1e-4 the
-   100 steps over 40 pairs drove the margin to 60-70 nats and lowered adherence and CLAP in
-   two pipeline runs; at 3e-5 (the default) the margins end near 25 and it costs less (README).
+   with log-probabilities over the audio tokens weighted 1/8 as in the loss. The learning
+   rate (--dpo_lr) is small because a few dozen pairs are seen many times: a large step
+   drives the margin far past what separates each pair and pulls the policy away from the
+   reference, which costs adherence and CLAP instead of adding to them.
 """
 
 import os
@@ -82,7 +85,7 @@ def dpo_loss(pi, ref, beta):
 
 
 def train_dpo(args):
-    """DPO on the model's own samples (paper section 7): a frozen reference, a CE warm-up on
+    """DPO on the model's own samples (SPEC.md section 7): a frozen reference, a CE warm-up on
     the winners, then dpo_loss + --dpo_ce x CE on the winners."""
     tok = get_tokenizer(args)
     data = lm_data(args)

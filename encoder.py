@@ -1,4 +1,6 @@
-"""The ears of UALM: 16 kHz audio -> log-mel -> Whisper encoder -> 25 Hz features -> adapter.
+"""The audio encoder and adapter UALM hears audio through (AF-Whisper in the paper; SPEC.md
+section 3), the "ears" of the model: 16 kHz audio -> log-mel -> Whisper encoder -> 25 Hz
+features -> adapter.
 
 The LM "hears" a clip as a run of continuous vectors that replace the embeddings at
 audio placeholder positions (SPEC section 3):

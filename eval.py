@@ -1,6 +1,7 @@
 """
-The toy world's metrics for a trained UALM, on held-out clips (the last --n_eval of the
-manifest, as train.py holds them out).
+A tool, not a part of the model: the toy world's version of the paper's evaluation (its
+generation, understanding and text benchmarks; SPEC.md section 9) for a trained UALM, on
+held-out clips (the last --n_eval of the manifest, as train.py holds them out).
 
     python eval.py --ckpt runs/sft.pt
     python eval.py --replicate          # the paper's comparisons on runs/: -> runs/replication.md
@@ -289,7 +290,7 @@ def replicate(args, gen, und, txt):
         print("training the understanding-only model first: python train.py --stage und")
         subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
                         "--stage", "und", "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval),
-                        "--seed", str(args.seed)], check=True)  # its own errors are printed; we then stop
+                        "--seed", str(args.seed)], check=True)  # train.py prints its own errors; eval then stops
     rts = {}
 
     def rt(name):
@@ -366,12 +367,12 @@ def main():
     p.add_argument("--replicate", action="store_true",
                    help="the paper's comparisons on every checkpoint of the folder (trains the understanding-only "
                         "model first if it is missing) -> replication.md there")
-    p.add_argument("--data", default="toy")
+    p.add_argument("--data", default="toy_data", help="folder of the manifests (python data.py --out DIR)")
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest (as train.py)")
     p.add_argument("--n_gen", type=int, default=20, help="held-out captions to generate")
-    p.add_argument("--n_questions", type=int, default=200)
-    p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_questions", type=int, default=200, help="held-out understanding items to ask")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale of audio generation")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --replicate: the first of --seeds)")
     p.add_argument("--seeds", type=int, default=3, help="with --replicate: sampling seeds per generation cell, "
                    "from --seed on")
     args = p.parse_args()

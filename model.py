@@ -1,5 +1,5 @@
 """
-Qwen2.5 from scratch, and UALM around it.
+The language model of UALM (paper section 2): Qwen2.5 from scratch, and UALM around it.
 
 Part 1, the backbone: a decoder-only transformer whose module names equal the HF
 checkpoint keys (`model.layers.0.self_attn.q_proj.weight`, ...), so loading a real

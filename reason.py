@@ -1,6 +1,6 @@
 """
-UALM-Reason: a multimodal chain of thought, text and audio steps in one conversation
-(SPEC.md section 8).
+UALM-Reason at inference (paper; SPEC.md section 8): a multimodal chain of thought, text and
+audio steps in one conversation.
 
     python reason.py --mode enrich --prompt "an alarm"
     python reason.py --mode dialogue --prompt "a rhythm" --answers "drum|three loud drum hits"
@@ -39,7 +39,7 @@ from utils import fail
 
 MODES = ("enrich", "dialogue", "reflect")
 ANSWER_SEP = "|"  # not ';': the toy world's detail answers contain it ('a low bell; two drum hits')
-MAX_QUESTIONS = 5  # the training dialogues ask at most 3
+MAX_QUESTIONS = 5  # questions before the caption is forced: room above the 3 the training dialogues ask at most
 CAPTION_START = "Keywords:"  # a rich caption, not a question
 
 

@@ -1,6 +1,7 @@
 """
-From conversations to training batches: the authors' template over 8 streams, packing,
-and the loss with its 1/8 audio weights (SPEC.md sections 1, 2, 5).
+From conversations to training batches (paper section 2; SPEC.md sections 1, 2, 5): the
+delay pattern, the authors' template over 8 streams, CFG dropout, best-fit packing, and
+the loss with its 1/8 audio weights.
 
 A conversation is a list of messages, each one of
     {"role": "user" | "assistant" | "system", "text": str}

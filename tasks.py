@@ -1,5 +1,7 @@
 """
-Every task of the paper as a conversation (sequences.py turns it into a grid).
+Every task of the paper as a conversation in the release's template (SPEC.md sections 1 and
+8; sequences.py turns it into a grid): generation, understanding, text and UALM-Reason's
+enrichment, dialogue and self-reflection.
 
 Audio the model writes is the clip's cached codec codes (8, T); audio it hears is the
 clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: ...},
@@ -23,12 +25,13 @@ import os
 from data import read_generation, read_reflection, read_text, read_understanding
 from tokenizer import QwenTokenizer, SPTokenizer
 
-TTA_PROMPT = "Generate audio for this caption. "
-DIALOGUE_PROMPT = "Ask me about it first. "
+TTA_PROMPT = "Generate audio for this caption. "  # the release's text-to-audio instruction, before the caption
+DIALOGUE_PROMPT = "Ask me about it first. "  # tells a dialogue from an enrichment, which starts the same way
+# the dialogue's questions, one per part of a rich caption: Keywords, Layout, Description
 ASK_SOUNDS = "Which sounds should it have?"
 ASK_LAYOUT = "Should they play one after the other or at the same time?"
 ASK_DETAILS = "Any details about each sound?"
-NO_PROBLEM = "Problem: none."
+NO_PROBLEM = "Problem: none."  # a critique that finds nothing to fix ends self-reflection with this
 
 # -----------------------------------------------------------------------------
 # Each task as a conversation

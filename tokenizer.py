@@ -1,5 +1,7 @@
 """
-Text tokenizers. Two kinds, one interface (`encode`, `decode`, `vocab_size`):
+The text tokenizers of UALM's text interval (Qwen2.5's, as UALM is initialised from
+Qwen2.5; SPEC.md sections 1 and 10). Two kinds, one interface (`encode`, `decode`,
+`vocab_size`):
 
 - QwenTokenizer: Qwen2.5's byte-level BPE, written from scratch (stdlib only) and
   checked id for id against the `tokenizers` library. Encoding a string is
@@ -41,7 +43,7 @@ QWEN_SPECIALS = {tok: 151643 + i for i, tok in enumerate([
 # not Python's str.isspace(), which adds the separators U+001C..U+001F.
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
-BPE_CACHE_SIZE = 100_000  # words whose ids are remembered; cleared when full
+BPE_CACHE_SIZE = 100_000  # words whose ids are remembered (cleared when full): bounds memory, keeps common words
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -90,7 +92,8 @@ def qwen_pre_split() -> re.Pattern:
       |\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+
     with \\p{L} (letters) and \\p{N} (numbers) spelled out from unicodedata categories and
     \\s as WHITESPACE. Both engines backtrack and take the first alternative that
-    matches, so the same pattern splits the same way (about 0.5 s to build, once).
+    matches, so the same pattern splits the same way (built once and cached: the category
+    scan over every code point is slow).
     e.g. qwen_pre_split().findall("I'M  here\\n\\n 42") == ["I", "'M", " ", " here", "\\n\\n", " ", "4", "2"]
     """
     ranges = category_ranges()
@@ -251,7 +254,7 @@ def read_merges(path: str, vocab: dict[str, int]) -> list[tuple[str, str]]:
     return merges
 
 
-SP_MODEL = "sentencepiece.model"
+SP_MODEL = "sentencepiece.model"  # file name of SPTokenizer's model inside its folder
 
 
 class SPTokenizer:

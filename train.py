@@ -1,7 +1,7 @@
 """
 Train every part of UALM on the toy world (or on real data in the same manifest formats).
 
-    python data.py --out toy --n 2000          # the world, once
+    python data.py --out toy_data --n 2000          # the world, once
     python train.py --stage codec              # the RVQ codec the LM writes in
     python train.py --stage vae                # 16 kHz mono codec output -> 48 kHz stereo
     python train.py --stage clap               # contrastive audio-text model; the LM's ears
@@ -429,7 +429,7 @@ def main():
     p.add_argument("--stage", required=True, choices=STAGES + ["und", "all"],
                    help="und: an understanding-only LM from scratch (eval.py --replicate compares it with UALM)")
     p.add_argument("--n_clips", type=int, default=2000, help="--stage all: clips of the toy world to make if --data is empty")
-    p.add_argument("--data", default="toy", help="folder written by data.py (or real data in its formats)")
+    p.add_argument("--data", default="toy_data", help="folder written by data.py (or real data in its formats)")
     p.add_argument("--out", default="runs", help="folder for checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_eval", type=int, default=50, help="held-out clips: the last n of the manifest")
@@ -450,7 +450,7 @@ def main():
     d.add_argument("--dpo_beta", type=float, default=0.1)
     d.add_argument("--dpo_ce", type=float, default=0.2, help="weight of the winners' CE during DPO")
     d.add_argument("--dpo_lr", type=float, default=3e-5,
-                   help="1e-4 pulled the policy far from the reference (margins of 60-70 nats) and cost adherence")
+                   help="small: 100 steps over a few dozen pairs must not pull the policy far from the reference")
     g = p.add_argument_group("the language model (gen, align, pretrain, sft)")
     g.add_argument("--init_from", default=None, help="a Qwen2.5 checkpoint folder (HF format) to start from")
     g.add_argument("--preset", default="tiny", choices=list(PRESETS), help="backbone shape without --init_from")
@@ -468,7 +468,7 @@ def main():
     g.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (one graph: packed samples kept apart by a dense mask); meant "
-                        "for CUDA: on the 2-core CPU it trains slower than eager")
+                        "for GPUs, where one graph saves many kernel launches")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
     g.add_argument("--cpu_bf16", action="store_true",
                    help="bf16 autocast on CPU as well (on CUDA it is always on); pays on CPUs with AVX512_BF16 or AMX")

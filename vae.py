@@ -1,9 +1,10 @@
-"""The enhancement VAE: the codec's 16 kHz mono output -> 48 kHz stereo.
+"""The enhancement VAE that post-processes UALM's audio (paper; SPEC.md section 4): the
+codec's 16 kHz mono output -> 48 kHz stereo.
 
 UALM's LM speaks X-codec tokens, whose audio is 16 kHz mono with codec artefacts. The
 paper post-processes it with a VAE trained on pairs (codec round trip of clean audio ->
 clean 48 kHz stereo) that jointly restores, adds the band above 8 kHz and spatialises
-(SPEC.md section 4). No code was released; the design below is ours (choice):
+(SPEC.md section 4). The authors release no code for it; the design below is ours (choice):
 
     mono16k [B, N] --log10 |STFT| (hop 64)--> [B, 129, T] --conv encoder--> mean, logvar [B, Z, T]
         z = mean + exp(logvar / 2) * noise while training;  z = mean at inference
@@ -35,7 +36,7 @@ buys phase-coherent crispness after long GPU training, would roughly double the 
 a step, and the toy world's scores (spectra, energy above 8 kHz, correlation) do not
 measure what it adds.
 
-    python vae.py --out runs/vae                      # toy preset, ~5 min on 2 CPU cores, then scores
+    python vae.py --out runs/vae                      # toy preset (minutes on a CPU), then scores
     python vae.py --out runs/vae --codec runs/codec/codec.pt     # train on codec round trips
 """
 
@@ -82,7 +83,7 @@ class VAEConfig:
     kl_weight: float = 1e-3  # "small KL": keeps the latent near N(0, I) without blurring it
     stft_weight: float = 1.0
     mel_weight: float = 1.0
-    steps: int = 300  # optimizer steps of train_vae: ~0.3 s each on 2 CPU cores
+    steps: int = 300  # optimizer steps of train_vae: short, as the residual path starts at the baseline
     batch_size: int = 8  # crops per step
     crop_seconds: float = 0.5  # seconds per crop: longer than the room's 0.3 s tails
     lr: float = 5e-3  # peak AdamW learning rate: high, since log magnitudes must travel ~10 nepers
@@ -361,7 +362,8 @@ def evaluate_vae(vae: EnhanceVAE, pairs: list, codec: Codec | None = None) -> di
 
 
 def report(result: dict) -> str:
-    """The evaluation as a small table, with the distance reduction the issue asks for (>= 30%)."""
+    """The evaluation as a small table: the log-mel distance to the master (VAE vs baseline, and how much
+    lower the VAE's is), then the energy above 8 kHz and the left/right correlation of each output."""
     d = result["distance"]
     lines = [f"log-mel distance to master: baseline {d['baseline']:.3f}   vae {d['vae']:.3f}   "
              f"({100 * (1 - d['vae'] / d['baseline']):.1f}% lower)"]

@@ -1,7 +1,8 @@
-"""The toy world's analyzer: which events a 16 kHz mono clip holds, in what order, with
-what counts and pitches, estimated from the waveform alone with the world's own
-definitions (world.py), never learned. `adherence` scores what it found against a plan;
-it judges the codec's reconstructions and the LM's generated clips.
+"""The toy world's analyzer, the stand-in for the paper's raters (its listeners and
+evaluation models): which events a 16 kHz mono clip holds, in what order, with what counts
+and pitches, estimated from the waveform alone with the world's own definitions
+(world.py), never learned. `adherence` scores what it found against a plan; it judges the
+codec's reconstructions and the LM's generated clips.
 
     adherence(analyze(wav16k), plan["events"]) -> {"events", "layout", "counts", "pitch", "score"}
 """
@@ -10,12 +11,16 @@ import numpy as np
 from toy.world import BELL_PARTIALS, LM_SR, PITCH_RANGE, pitch_label
 
 N_FFT, N_FFT_LOW, HOP = 1024, 2048, 160   # 64 ms / 128 ms windows, 10 ms hop, at 16 kHz
-FRAME = HOP / LM_SR
+FRAME = HOP / LM_SR                       # s per spectrogram frame (10 ms)
 PEAK_FLOOR_DB = -5.0       # spectral peaks below this (dB of |STFT|^2) are ignored
 PEAK_PROMINENCE_DB = 15.0  # a peak must stand this far above the bins 4 away on both sides
 LINK_OCTAVES = 0.04        # a peak continues a track if within this many octaves of it
+# drum: Hz band of the hit's tail (the 160 -> 50 Hz sweep ends there), dB a hit must reach, fall within
+# 0.2 s and rise above the rolling background
 DRUM_BAND, DRUM_FLOOR_DB, DRUM_DECAY_DB, DRUM_RISE_DB = (35.0, 85.0), 21.0, 10.0, 10.0
+# hiss: Hz band whose median bin only broadband noise lifts (tones fill a few bins), and the dB its floor must hold
 HISS_BAND, HISS_FLOOR_DB = (2000.0, 6000.0), -12.0
+# clicks: Hz band of broadband noise, dB a click must reach and rise above the rolling floor
 CLICK_BAND, CLICK_FLOOR_DB, CLICK_RISE_DB = (2000.0, 7500.0), -45.0, 6.0
 TICK_PERIOD = (0.11, 0.27)  # s between clicks: 4..8 per second, with slack
 

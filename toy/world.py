@@ -1,4 +1,5 @@
-"""The toy world of SPEC section 11: nine sound events, four layouts, exact labels.
+"""The toy world (SPEC.md section 11), the stand-in for UALM's real training data: nine
+sound events, four layouts, exact labels.
 
 Every clip is drawn from a plan (its ground truth), rendered at 48 kHz stereo with a
 decorrelated room, and described in text: short caption, rich caption (Keywords /
@@ -17,42 +18,45 @@ import numpy as np
 
 MASTER_SR = 48000                 # master audio: 48 kHz stereo
 LM_SR = 16000                     # what the codec / encoder / analyzer see: 16 kHz mono
-MAX_COUNT = 4                     # beeps, notes and hits come 1..4 times
+MAX_COUNT = 4                     # beeps, notes and hits come 1..4 times: few enough to count by ear
+# the nine events of SPEC section 11, each defined by its sound in event_audio
 KEYWORDS = ("hum", "beep", "rising siren", "falling siren", "hiss", "ticking",
             "plucked string", "bell", "drum")
-COUNTED = {"beep": "beeps", "plucked string": "notes", "drum": "drum hits"}
+COUNTED = {"beep": "beeps", "plucked string": "notes", "drum": "drum hits"}  # counted events -> their unit's plural
 PITCH_RANGE = {"hum": (100.0, 200.0), "beep": (1000.0, 2500.0),
                "plucked string": (150.0, 600.0), "bell": (400.0, 900.0)}
 PITCH_BAND = 0.4                  # "low" = lowest 40% of the log range, "high" = top 40%
-SIREN_LOW, SIREN_HIGH = 400.0, 1600.0
-BELL_PARTIALS = (1.0, 2.0, 2.76, 5.4)
-LEVEL_DB = {"loud": -6.0, "quiet": -18.0}
+SIREN_LOW, SIREN_HIGH = 400.0, 1600.0     # Hz a siren sweeps between: two octaves, well inside 8 kHz
+BELL_PARTIALS = (1.0, 2.0, 2.76, 5.4)     # a bell's inharmonic partials, as multiples of f0
+LEVEL_DB = {"loud": -6.0, "quiet": -18.0}  # gain of an event's source: 12 dB apart, plainly loud vs quiet
 
 # layout -> (number of events, shortest clip in s); a clip is 2..5 s long
 LAYOUTS = {"single": (1, 2.0), "sequence": (2, 3.0), "together": (2, 2.0),
            "sequence3": (3, 4.2)}
-MAX_DURATION = 5.0
+MAX_DURATION = 5.0                # s, the longest clip
 MARGIN, GAP = 0.1, 0.2            # s of silence at the clip edges / between sequence slots
 UNIT_PERIOD = (0.3, 0.5)          # s between beeps / notes / hits (ticking is faster)
-BEEP_LENGTH = (0.1, 0.25)
+BEEP_LENGTH = (0.1, 0.25)         # s per beep
 TICK_RATE = (4, 8)                # clicks per second
-NOTE_LENGTH, NOTE_TAU = 0.45, 0.12
-HIT_LENGTH, HIT_TAU = 0.3, 0.08
-BELL_RING, BELL_TAU = 1.5, 0.5
+NOTE_LENGTH, NOTE_TAU = 0.45, 0.12  # s a plucked note lasts at most / its decay time constant
+HIT_LENGTH, HIT_TAU = 0.3, 0.08     # s a drum hit lasts at most / its decay time constant
+BELL_RING, BELL_TAU = 1.5, 0.5      # s a bell rings at most / its fundamental's decay time constant
 FADE = 0.005                      # s of linear fade-out at every cut, so cuts do not click
 BEEP_FADE = 0.01                  # s of fade at both ends of a beep
 STEADY_FADE = 0.02                # s of fade-in/out of steady sounds (a softer edge splatters less)
+# the room: s to decay by 60 dB, s of tail kept, gain of the wet signal (a small, dry room, so events stay apart)
 ROOM_RT60, ROOM_LENGTH, ROOM_WET = 0.25, 0.3, 0.15
 ROOMS, ROOM_SEED = 8, 1234       # a fixed bank of rooms; each clip draws one
 # pairs too alike to play at once and still be told apart (choice)
 NOT_TOGETHER = ({"rising siren", "falling siren"}, {"ticking", "hiss"})
 
+# vague request -> the keywords it may stand for (the enrichment task's prompts)
 VAGUE = {"an alarm": ("beep", "rising siren", "falling siren"),
          "something calm": ("hum", "bell"),
          "a rhythm": ("drum", "ticking"),
          "a little melody": ("plucked string",),
          "a steady noise": ("hiss",)}
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")  # counts 0..MAX_COUNT as captions write them
 
 
 # ----------------------------------------------------------------------------- plans
@@ -419,8 +423,8 @@ def flaw(plan, rng):
 
 
 # ----------------------------------------------------------------------------- text-only
-NAMES = ("Tom", "Ana", "Lee", "Mia", "Sam")
-ITEMS = ("bells", "drums", "whistles", "strings", "clocks")
+NAMES = ("Tom", "Ana", "Lee", "Mia", "Sam")                  # the people of the word problems
+ITEMS = ("bells", "drums", "whistles", "strings", "clocks")  # and what they count
 
 
 def arithmetic_task(rng):
