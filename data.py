@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from toy import world
 from toy.world import LM_SR, MASTER_SR
+from utils import atomic_path
 
 RESAMPLE_ZEROS = 16        # zero crossings of the sinc on each side: longer = sharper cutoff
 RESAMPLE_ROLLOFF = 0.94    # cutoff as a fraction of the lower of the two Nyquist rates
@@ -155,13 +156,13 @@ def write_dataset(out, n, seed=0, workers=1):
     jobs = [(seed, i, out) for i in range(n)]
     with Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else SerialPool() as pool:
         records = list(tqdm(pool.imap(_write_clip, jobs, chunksize=8), total=n, desc="clips"))
-    with open(out / "generation.jsonl", "w") as f:
+    with atomic_path(out / "generation.jsonl") as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(gen) + "\n" for gen, _, _, _ in records)
-    with open(out / "understanding.json", "w") as f:
+    with atomic_path(out / "understanding.json") as tmp, open(tmp, "w") as f:
         json.dump([item for _, und, _, _ in records for item in und], f, indent=1)
-    with open(out / "text.jsonl", "w") as f:
+    with atomic_path(out / "text.jsonl") as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(text) + "\n" for _, _, text, _ in records)
-    with open(out / "reflection.jsonl", "w") as f:
+    with atomic_path(out / "reflection.jsonl") as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(refl) + "\n" for _, _, _, refl in records if refl)
     return out
 

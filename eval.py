@@ -39,7 +39,7 @@ from data import load_audio, read_generation, read_text, read_understanding
 from model import AUDIO, TEXT
 from sequences import build, frame_nll
 from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
-from utils import fail
+from utils import atomic_path, fail
 from toy.analyzer import adherence, analyze
 from toy.world import KEYWORDS
 
@@ -355,7 +355,7 @@ def replicate(args, gen, und, txt):
         hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
         out.append(f"| DPO's pairs (dpo_pairs.pt, ranked by CLAP): the winner's adherence above / below / equal "
                    f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
-    with open(os.path.join(runs, "replication.md"), "w") as f:
+    with atomic_path(os.path.join(runs, "replication.md")) as tmp, open(tmp, "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))
     print(f"-> {os.path.join(runs, 'replication.md')}")

@@ -29,6 +29,8 @@ from itertools import groupby
 
 import sentencepiece as spm
 
+from utils import atomic_path
+
 # Qwen2.5's added tokens (tokenizer_config.json, added_tokens_decoder), ids 151643.. in
 # order. Used when a folder has no tokenizer_config.json.
 QWEN_SPECIALS = {tok: 151643 + i for i, tok in enumerate([
@@ -287,7 +289,7 @@ class SPTokenizer:
             remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
             unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, num_threads=1, minloglevel=2)
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, SP_MODEL), "wb") as f:
+        with atomic_path(os.path.join(folder, SP_MODEL)) as tmp, open(tmp, "wb") as f:
             f.write(model.getvalue())
         return cls(model.getvalue())
 

@@ -3,6 +3,8 @@ principal axes against numpy's SVD, the RVQ against a brute-force search and on 
 must code exactly, shapes and rates, a micro fit, and checkpoints that load exactly or
 fail clearly."""
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -10,9 +12,9 @@ import pytest
 import torch
 
 import model
-from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, N_BINS, N_CODEBOOKS, N_FFT, SAMPLE_RATE, Codec, CodecConfig,
-                   error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint, stft_frames,
-                   train_codec, world_clips)
+from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, LOG_FLOOR, N_BINS, N_CODEBOOKS, N_FFT, RESOLUTIONS, SAMPLE_RATE,
+                   Codec, CodecConfig, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint,
+                   stft_frames, train_codec, world_clips)
 from sequences import delay_pattern
 from toy.analyzer import adherence, analyze
 from rvq import ResidualVQ
@@ -181,42 +183,145 @@ def test_fitting_is_deterministic(tmp_path):
     assert torch.equal(runs[0].encode(wav), runs[1].encode(wav))
 
 
+def numpy_log_mel_distance(y: np.ndarray, x: np.ndarray) -> float:
+    """spectral_losses' 'mel' computed independently: numpy frames (reflect-padded, centred,
+    periodic Hann from scipy, hop n_fft / 4), transformers' Slaney mel bank with each
+    triangle's peak at 1, L1 of log10(mel + LOG_FLOOR), mean over RESOLUTIONS."""
+    from scipy.signal import get_window
+    from transformers.audio_utils import mel_filter_bank
+
+    total = 0.0
+    for n_fft, n_mels in RESOLUTIONS:
+        window = get_window("hann", n_fft)  # periodic (fftbins=True), as torch.hann_window
+
+        def mel(w):
+            padded = np.pad(np.asarray(w, np.float64), n_fft // 2, mode="reflect")
+            frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::n_fft // 4]
+            bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+                                   max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm=None,
+                                   mel_scale="slaney")
+            return np.log10(bank.T @ np.abs(np.fft.rfft(frames * window, axis=-1)).T + LOG_FLOOR)
+
+        total += np.abs(mel(y) - mel(x)).mean()
+    return total / len(RESOLUTIONS)
+
+
+class StubCodec:
+    """What evaluate_codec asks of a codec, with the decode and the decoded teacher features
+    chosen by the test: the "codes" are the waveform itself."""
+    _frames = staticmethod(Codec._frames)
+    teacher = staticmethod(Codec.teacher)
+
+    def __init__(self, decode, semantic):
+        self.decode, self.semantic = decode, semantic
+
+    def encode(self, wav):
+        return wav
+
+
 def test_evaluate_codec_on_world_clips(trained):
-    result = evaluate_codec(trained[0], world_clips(0, range(2)))
-    assert result["log_mel_distance"] > 0 and result["semantic_error"] >= 0
-    for name in ("original", "reconstruction"):
-        assert set(result[name]) == {"events", "layout", "counts", "pitch", "score"}
-        assert all(0 <= v <= 1 for v in result[name].values())
+    """evaluate_codec against numbers computed here: the analyzer's scores of the originals
+    and of each reconstruction (toy.analyzer called directly), a numpy log-mel distance,
+    and stub codecs with known answers: a perfect one (distance 0, semantic error 0, the
+    reconstruction scores the original's), a silent one that decodes the teachers' mean
+    features (semantic error 1, distance to silence), and a half-amplitude one whose
+    features are off by 0.5 everywhere (semantic error 0.25 x frames x 128 / variance)."""
+    clips = world_clips(0, range(2))
+    wavs = [torch.from_numpy(w)[None] for w, _ in clips]
+    taught = torch.cat([Codec.teacher(Codec._frames(w))[0] for w in wavs]).double()  # [frames, 128]
+    spread = float((taught - taught.mean(0)).pow(2).sum())
+
+    def scores(outputs):  # the analyzer's mean adherence over the clips, per key
+        rows = [adherence(analyze(y), truth) for y, (_, truth) in zip(outputs, clips)]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+    original = scores([w for w, _ in clips])
+    assert set(original) == {"events", "layout", "counts", "pitch", "score"} and original["score"] == 1.0
+
+    features = lambda w: Codec.teacher(Codec._frames(w)).transpose(1, 2)  # [1, 128, T]
+    perfect = evaluate_codec(StubCodec(lambda w: w, features), clips)
+    assert perfect["log_mel_distance"] == 0.0 and perfect["semantic_error"] == 0.0
+    assert perfect["original"] == perfect["reconstruction"] == original
+
+    mean = taught.mean(0).float()
+    silent = evaluate_codec(StubCodec(torch.zeros_like, lambda w: mean[None, :, None].expand_as(features(w))), clips)
+    assert silent["semantic_error"] == pytest.approx(1.0, rel=1e-5)
+    want = np.mean([numpy_log_mel_distance(np.zeros_like(w), w) for w, _ in clips])
+    assert silent["log_mel_distance"] == pytest.approx(want, rel=1e-4) and want > 0.3
+    assert silent["original"] == original
+    assert silent["reconstruction"] == scores([np.zeros_like(w) for w, _ in clips]) != original
+
+    half = evaluate_codec(StubCodec(lambda w: 0.5 * w, lambda w: features(w) + 0.5), clips)
+    assert half["semantic_error"] == pytest.approx(0.25 * taught.numel() / spread, rel=1e-4)
+    want = np.mean([numpy_log_mel_distance(0.5 * w, w) for w, _ in clips])
+    assert half["log_mel_distance"] == pytest.approx(want, rel=1e-4) and 0.05 < want < np.log10(2)
+    assert half["reconstruction"] == scores([0.5 * w for w, _ in clips])
+
+    codec = trained[0]  # the fitted micro codec: its own round trip, scored here
+    result = evaluate_codec(codec, clips)
+    outputs = [codec.decode(codec.encode(w))[0, :w.shape[-1]].numpy() for w in wavs]
+    assert result["original"] == original and result["reconstruction"] == scores(outputs)
+    want = np.mean([numpy_log_mel_distance(y, w) for y, (w, _) in zip(outputs, clips)])
+    assert result["log_mel_distance"] == pytest.approx(want, rel=1e-4)
+    decoded = torch.cat([codec.semantic(codec.encode(w))[0].T for w in wavs]).double()
+    assert result["semantic_error"] == pytest.approx(float((decoded - taught).pow(2).sum()) / spread, rel=1e-4)
 
 
 def test_error_budget_against_a_direct_computation(trained):
-    """The curve's last row is the codes' own error, its parts add up, and noise of scale 0
-    scores what the projection onto the axes and back scores, computed here by hand."""
-    codec, clips = trained[0], world_clips(0, range(2))
-    budget = error_budget(codec, clips, scales=(0.0, 1.0))
-    errors = []
-    for wav, _ in clips:
-        x = codec._frames(torch.from_numpy(wav)[None])
-        z = codec.coordinates(codec.compress(x), codec.teacher(x))[0]
-        errors.append((codec.quantizer.decode(codec.encode(x)[0].T) - z).pow(2).sum(1))
-    last = budget["curve"][-1]
-    assert [row["codebooks"] for row in budget["curve"]] == list(range(1, N_CODEBOOKS + 1))
-    assert math.isclose(last["total"], float(torch.cat(errors).mean()), rel_tol=1e-4)
-    assert math.isclose(last["leading"] + last["trailing"] + last["semantic"], last["total"], rel_tol=1e-5)
-    wider = Codec(MICRO)  # more frames than codes, so that codebooks 2..8 have residuals to fit
-    wider.fit(tones(48), torch.Generator().manual_seed(0), progress=False)
-    curve = error_budget(wider, [(w, []) for w in tones(4, seed=9)], scales=())["curve"]  # unseen tones
-    assert curve[0]["total"] > 1.5 * curve[-1]["total"]
-    scores = []
-    for wav, truth in clips:
-        x = codec._frames(torch.from_numpy(wav)[None])
-        compressed = stft_frames(x).abs().pow(MICRO.power)[0].T  # [T, 641]
-        projected = ((compressed - codec.mean) @ codec.basis.T @ codec.basis + codec.mean).clamp(min=0)
-        y = griffin_lim(projected.pow(1 / MICRO.power).T[None])[0, :len(wav)]
+    """error_budget's curve against a greedy residual search written here in numpy (float64
+    distances, each codebook's nearest row subtracted in turn, the rows summed by hand): with
+    beam 1 the codes of the first k codebooks are the first k of the 8, so row k is the
+    squared error the hand-written search leaves after k codebooks, split at the leading
+    axes. The codebooks are random, at shrinking scales, so every row differs. With the
+    default beam, row 1 is still greedy and row 8 is the error of the codec's own codes
+    summed here. noisy: the clips' coordinates plus Gaussian noise of the last row's
+    per-axis variance (the same seeded draws), projected back and decoded here by hand."""
+    clips = world_clips(0, range(2))
+    greedy = copy.deepcopy(trained[0])
+    greedy.config = dataclasses.replace(greedy.config, beam=1)
+    wavs = [Codec._frames(torch.from_numpy(w)[None]) for w, _ in clips]
+    coords = [greedy.coordinates(greedy.compress(w), greedy.teacher(w))[0] for w in wavs]
+    z = torch.cat(coords).double().numpy()  # [frames, 36]
+    g = torch.Generator().manual_seed(0)
+    scale = torch.from_numpy(z.std(0)).float()
+    greedy.quantizer.codebooks.copy_(torch.stack([torch.randn(CODEBOOK_SIZE, z.shape[1], generator=g) * scale
+                                                  * 0.7 ** k for k in range(N_CODEBOOKS)]))
+    books = greedy.quantizer.codebooks.double().numpy()
+
+    residual, want = z.copy(), []
+    K, lead = MICRO.n_components, 20
+    for k in range(N_CODEBOOKS):
+        d = (residual ** 2).sum(1)[:, None] - 2 * residual @ books[k].T + (books[k] ** 2).sum(1)[None]
+        residual = residual - books[k][d.argmin(1)]
+        variance = (residual ** 2).mean(0)
+        want.append({"codebooks": k + 1, "total": variance.sum(), "leading": variance[:lead].sum(),
+                     "trailing": variance[lead:K].sum(), "semantic": variance[K:].sum()})
+    budget = error_budget(greedy, clips, scales=(0.5,), leading=lead)
+    assert budget["leading_axes"] == lead
+    assert len(budget["curve"]) == N_CODEBOOKS
+    for got, row in zip(budget["curve"], want):
+        assert got["codebooks"] == row["codebooks"]
+        for key in ("total", "leading", "trailing", "semantic"):
+            assert got[key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), (row["codebooks"], key)
+    assert want[0]["total"] > 1.2 * want[-1]["total"] and want[-1]["trailing"] > 0 and want[-1]["semantic"] > 0
+
+    generator, scores = torch.Generator().manual_seed(0), []
+    for (wav, truth), c in zip(clips, coords):
+        vectors = c + torch.randn(c.shape, generator=generator) * torch.from_numpy(0.5 * variance).float().sqrt()
+        compressed = (vectors[:, :K] @ greedy.basis + greedy.mean).clamp(min=0)  # [T, 641]
+        y = griffin_lim(compressed.pow(1 / MICRO.power).T[None])[0, :len(wav)]
         scores.append(adherence(analyze(y.numpy()), truth)["score"])
-    assert budget["noisy"][0.0] == np.mean(scores)
-    assert 0 <= budget["noisy"][1.0] <= 1
-    assert budget["leading_axes"] == MICRO.n_components  # 64 asked, the micro preset has 32 axes
+    assert budget["noisy"] == pytest.approx({0.5: np.mean(scores)})
+
+    beam = copy.deepcopy(greedy)
+    beam.config = MICRO  # beam 8
+    first = error_budget(beam, clips[:1], scales=())["curve"]  # one clip's
+    c = coords[0].double().numpy()
+    nearest = ((c ** 2).sum(1)[:, None] - 2 * c @ books[0].T + (books[0] ** 2).sum(1)[None]).min(1)
+    assert first[0]["total"] == pytest.approx(nearest.mean(), rel=1e-4)  # one codebook: the nearest row
+    codes = beam.encode(wavs[0])[0].numpy()  # [8, T]
+    summed = sum(books[k][codes[k]] for k in range(N_CODEBOOKS))
+    assert first[-1]["total"] == pytest.approx(((summed - c) ** 2).sum(1).mean(), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
