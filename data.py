@@ -92,6 +92,8 @@ def load_audio(path, sr=LM_SR, mono=True):
         raise ValueError(f"{path}: not a readable audio file ({e}); convert it to wav or flac.") from None
     if len(x) == 0:
         raise ValueError(f"{path}: the file holds no samples; regenerate it or drop it from the manifest.")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: the file holds NaN or infinite samples; re-export it as ordinary PCM or float audio.")
     x = x.T                                               # (channels, N)
     return resample(x.mean(axis=0) if mono else x, file_sr, sr)
 

@@ -91,8 +91,19 @@ def audible(codes):
     return codes.shape[1] * HOP >= MIN_SAMPLES
 
 
+PEAK = 0.99  # the loudest sample a written file may hold: full scale less a margin, so nothing clips
+AUDIO_FORMATS = (".wav", ".flac")  # what write_audio writes, chosen by the file's extension
+
+
 def write_audio(rt, codes, path, vae=True):
+    """codes (8, T) -> a wav or flac file (by the extension; its folder is made if missing);
+    returns its length in seconds. A clip whose peak is above PEAK is scaled down to it as a
+    whole (peak normalisation), so the file never clips; quieter clips are written as they are."""
     wav, sr = to_wave(rt, codes, vae)
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    if peak > PEAK:
+        wav = wav * (PEAK / peak)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sf.write(path, wav.T.numpy() if wav.dim() == 2 else wav.numpy(), sr)
     return wav.shape[-1] / sr
 
@@ -198,17 +209,28 @@ def main():
     p.add_argument("--text", action="store_true", help="answer --prompt in text, as a text model (no audio)")
     p.add_argument("--audio", default=None, help="a wav to ask about (any rate and channels: resampled, downmixed)")
     p.add_argument("--ckpt", default="runs/sft.pt", help="an LM checkpoint written by train.py")
-    p.add_argument("--out", default="out.wav")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--out", default="out.wav",
+                   help="the audio file to write, .wav or .flac (its folder is made if missing); a clip louder "
+                        f"than {PEAK} of full scale is peak-normalised to it, so files never clip")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale, 0 or more (1 = off)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 or more (0 = greedy)")
+    p.add_argument("--top_k", type=int, default=20, help="sample among the k likeliest codes, 1 or more")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--max_seconds", type=float, default=10.0)
+    p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
+    p.add_argument("--max_seconds", type=float, default=10.0, help="the longest clip, in seconds (more than 0)")
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame step (slow first call)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
+    for bad, why in ((args.cfg < 0, f"--cfg {args.cfg:g}: give a guidance scale of 0 or more (1 = off, 3 = default)"),
+                     (args.temperature < 0, f"--temperature {args.temperature:g}: give 0 (greedy) or more"),
+                     (args.top_k < 1, f"--top_k {args.top_k}: give 1 or more"),
+                     (args.num_samples < 1, f"--num_samples {args.num_samples}: give 1 or more"),
+                     (not args.max_seconds > 0, f"--max_seconds {args.max_seconds:g}: give a length above 0"),
+                     (os.path.splitext(args.out)[1].lower() not in AUDIO_FORMATS,
+                      f"--out {args.out}: name a .wav or .flac file")):
+        if bad:
+            fail(why)
     if args.compile:
         global decode_step
         decode_step = compile_step(decode_step, args.device)  # CUDA graphs on CUDA
@@ -246,18 +268,23 @@ def main():
         return
     from tasks import TTA_PROMPT
     batch = [prefix([{"role": "user", "text": TTA_PROMPT + text}], rt.tok, rt.model.cfg, AUDIO)[0] for text in prompts]
+    context = rt.model.lm.cfg.max_position_embeddings
     for j, rows in enumerate(batch):  # every prompt checked before the first is generated
-        if rows.shape[0] + args.max_seconds * FRAME_RATE > rt.model.lm.cfg.max_position_embeddings:
-            where = f"line {j + 1} of {args.prompts_file}" if args.prompts_file else "the prompt"
-            fail(f"{where} is {rows.shape[0]} tokens: too long for the context with --max_seconds "
-                 f"{args.max_seconds:g}; shorten it")
-    stem = os.path.splitext(args.out)[0]
+        room = (context - rows.shape[0] - N_STREAMS) / FRAME_RATE  # seconds of frames the context holds after it
+        where = f"line {j + 1} of {args.prompts_file}" if args.prompts_file else "the prompt"
+        if room < 1 / FRAME_RATE:
+            fail(f"{where} is {rows.shape[0]} tokens, which leaves no room for audio in the context of "
+                 f"{context}; shorten it")
+        if args.max_seconds > room:
+            fail(f"--max_seconds {args.max_seconds:g} is more than the context holds after {where} "
+                 f"({room:.1f} s at most); lower it")
+    stem, ext = os.path.splitext(args.out)
     for j, rows in enumerate(batch):
         codes = generate_audio(rt.model, rows, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
                                top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g)
         for i, c in enumerate(codes):
             tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if len(codes) > 1 else [])
-            path = "_".join([stem] + tags) + ".wav" if tags else args.out
+            path = "_".join([stem] + tags) + ext if tags else args.out
             seconds = write_audio(rt, c, path, vae=not args.no_vae)
             print(f"wrote {path} ({seconds:.2f} s){': ' + prompts[j] if args.prompts_file else ''}")
 

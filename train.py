@@ -303,7 +303,7 @@ def fit(args, model, stream, held):
     set_trainable(args, model)
     path, log_path = os.path.join(args.out, f"{args.stage}.pt"), os.path.join(args.out, f"{args.stage}.log.jsonl")
     step, state, log, ck = 0, (0, []), [], None
-    if args.resume and os.path.isfile(path):
+    if args.resume:  # main() has checked that the checkpoint exists
         ck = load_ckpt(path, args.stage)
         model.load_state_dict(ck["model"])
         step, state, log = ck["step"], ck["data_state"], ck["log"]
@@ -476,6 +476,13 @@ def main():
     args = p.parse_args()
     if args.steps is None and args.stage != "all":
         args.steps = STAGE_STEPS.get(args.stage, 0)
+    if args.resume and args.stage == "all":
+        fail("--stage all already skips every stage that has its checkpoint in --out; drop --resume")
+    if args.resume and args.stage not in LM_STAGES:
+        fail(f"--resume continues an LM stage ({', '.join(LM_STAGES)}), not --stage {args.stage}; drop --resume")
+    if args.resume and not os.path.isfile(os.path.join(args.out, f"{args.stage}.pt")):
+        fail(f"--resume: {os.path.join(args.out, args.stage + '.pt')} does not exist; run without --resume to "
+             "start the stage")
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     try:
