@@ -2,7 +2,8 @@
 Sample from a trained UALM: text -> 48 kHz stereo audio, or (audio, question) -> text.
 
     python sample.py --prompt "a bell rings twice, then a low hum" --out out.wav
-    python sample.py --prompts_file captions.txt --out out.wav   # one caption a line: out_0.wav, ...
+    python sample.py --prompts_file captions.txt --out out.wav   # one caption a line, in batches: out_0.wav, ...
+    python sample.py --prompt "then a drum hits twice" --continue bell.wav --out more.wav   # bell.wav, then more
     python sample.py --audio clip.wav --prompt "How many beeps are there?"
     python sample.py --text --prompt "What is 12 plus 7?"                # text in, text out
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 from clap import Clap
 from codec import FRAME_RATE, HOP, SAMPLE_RATE, Codec
@@ -29,7 +31,7 @@ from data import load_audio
 from encoder import MIN_SAMPLES
 from model import (ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, compile_step,
                    sample_next)
-from sequences import build, delay_cells, undelay_pattern
+from sequences import build, delay_cells, delay_pattern, undelay_pattern
 from tokenizer import QwenTokenizer, SPTokenizer
 from utils import fail
 from vae import MASTER_SR, EnhanceVAE
@@ -79,7 +81,10 @@ def listen(rt, path_or_wave):
 
 @torch.no_grad()
 def to_wave(rt, codes, vae=True):
-    """codes (8, T) -> (waveform, sample rate): codec decode, then the VAE to 48 kHz stereo (2, N)."""
+    """codes (8, T) -> (waveform, sample rate): codec decode, then the VAE to 48 kHz stereo (2, N).
+    A clip of no frames (the model ended it at once) is a waveform of no samples."""
+    if codes.shape[1] == 0:
+        return (torch.zeros(0), SAMPLE_RATE) if not vae else (torch.zeros(2, 0), MASTER_SR)
     wav = rt.codec.decode(codes[None].to(rt.device))  # (1, N) at 16 kHz
     if not vae:
         return wav[0].cpu(), SAMPLE_RATE
@@ -120,12 +125,13 @@ def prefix(messages, tok, cfg, modality=None):
     return rows, s.feats
 
 
-def decode_step(model, x, pos):
-    """One step of the frame loop: embeddings x (B, 1, d) written at cache position pos (1,)
-    -> the next frame's per-codebook logits (B, 8, 1025) in fp32. Every shape is the same at
-    every step (the attention reads the whole cache under a mask), so `--compile` can replace
+def decode_step(model, x, pos, mask, position_ids):
+    """One step of the frame loop: embeddings x (B, 1, d) written at cache slot pos (1,), with
+    the slots each row may see, mask (B, 1, 1, S), and each row's position id (B, 1) -> the
+    next frame's per-codebook logits (B, 8, 1025) in fp32. Every shape is the same at every
+    step (the attention reads the whole cache under the mask), so `--compile` can replace
     this with torch.compile(decode_step), as gpt-fast does."""
-    return model.audio_logits(model.lm.model(x, input_pos=pos)[:, -1]).float()
+    return model.audio_logits(model.lm.model(x, position_ids, mask, input_pos=pos)[:, -1]).float()
 
 
 TEXT_TOKENS = 200  # the longest answer generate_text writes
@@ -134,38 +140,84 @@ CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step mee
 
 @torch.no_grad()
 def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8, top_k=20, max_frames=500,
-                   generator=None):
-    """rows (L, 8) ending in <|assistant|> <|audio|> -> n lists of codes (8, T_i), T_i <= max_frames.
-    With cfg_scale == 1 the unconditional branch is skipped."""
+                   generator=None, prompt_codes=None, progress=False):
+    """Text (and heard audio) -> codes, with classifier-free guidance through one KV cache.
+
+    rows: a prompt (L, 8) ending in <|assistant|> <|audio|>, or a list of prompts, sampled
+    together as one batch. -> for each prompt in turn, n codes (8, T_i), T_i <= max_frames:
+    [prompt 0 sample 0, prompt 0 sample 1, ..., prompt 1 sample 0, ...]. Each row stops on
+    its own, when its codebook 0 writes its pad.
+    feats: the prompt's encoder frames (M, d), or for a list of prompts a list of them (None
+    where a prompt hears nothing).
+    prompt_codes: (8, T0) codes the audio starts with (continuation): laid under the delay
+    pattern after every prompt, and the returned codes begin with them (T0 < max_frames).
+    With cfg_scale == 1 the unconditional branch is skipped; else each row has a twin of the
+    same length whose prompt is all pad (what cfg_dropout trains), and the two logits mix as
+    g * cond + (1 - g) * uncond.
+
+    Prompts of other lengths are left-padded to the longest: a row's padding slots are hidden
+    from its queries and its position ids start at 0 at its first real row, so each row
+    computes what it would alone. progress: a progress bar over the frame steps.
+    """
+    prompts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+    feats = list(feats) if isinstance(feats, (list, tuple)) else [feats] * len(prompts)
     cfg, device = model.cfg, model.lm.lm_head.weight.device
     guided = cfg_scale != 1.0
-    B = 2 * n if guided else n
-    L = rows.shape[0]
-    x = rows[None].expand(n, L, N_STREAMS)
-    f = feats.repeat(n, 1) if feats is not None else None
-    if guided:  # the unconditional branch: all pad, same length
-        x = torch.cat([x, torch.zeros_like(x)])
-    model.setup_cache(B, -(-(L + max_frames + N_STREAMS) // CACHE_ROUND) * CACHE_ROUND)
-    logits = model.audio_logits(model(x.to(device), f, input_pos=torch.arange(L, device=device))[:, -1]).float()
+    m = n * len(prompts)  # rows that are sampled; with CFG, their unconditional twins follow
+    T0 = 0 if prompt_codes is None else prompt_codes.shape[1]
+    if T0 >= max_frames:
+        raise ValueError(f"the audio to continue has {T0} frames, max_frames {max_frames} leaves no room to write")
+    head = delay_pattern(prompt_codes[None].long())[0, :, :T0] + 1 if T0 else None  # (8, T0) interval indices
+    grids = [p if head is None else torch.cat([p, cfg.audio_ids(head - 1).T]) for p in prompts]
+    L = max(len(g_) for g_ in grids)
+    x = torch.zeros(m, L, N_STREAMS, dtype=torch.long)  # PAD everywhere, then each prompt at the right
+    pad = torch.tensor([L - len(g_) for g_ in grids for _ in range(n)])
+    for j, g_ in enumerate(grids):
+        x[j * n:(j + 1) * n, L - len(g_):] = g_
+    f = [fj for fj in feats for _ in range(n) if fj is not None]
+    f = torch.cat(f).to(device) if f else None
+    if guided:  # the unconditional twins: pad where the prompt is, the continued audio kept
+        uncond = torch.zeros_like(x)
+        if T0:
+            uncond[:, L - T0:] = x[:, L - T0:]
+        x, pad = torch.cat([x, uncond]), torch.cat([pad, pad])
+    x, pad = x.to(device), pad.to(device)
+    S = -(-(L + max_frames - T0 + N_STREAMS) // CACHE_ROUND) * CACHE_ROUND
+    model.setup_cache(x.shape[0], S)
+    slots = torch.arange(S, device=device)
+    valid = slots[None] >= pad[:, None]  # (B, S): the slots that are not padding
+    q = torch.arange(L, device=device)
+    mask = ((slots[None] <= q[:, None])[None] & valid[:, None]) | (slots[None] == q[:, None])[None]  # a pad sees itself
+    h = model(x, f, position_ids=(q[None] - pad[:, None]).clamp(min=0), mask=mask[:, None], input_pos=q)
+    logits = model.audio_logits(h[:, -1]).float()
     first = cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=device)  # each interval's pad id
-    steps = []
-    end = torch.full((n,), max_frames, device=device)  # frame count T of each sample, once known
-    for s in range(max_frames + N_STREAMS - 1):
+    k = torch.arange(N_STREAMS, device=device)
+    steps = [head[:, s].to(device).expand(m, N_STREAMS) for s in range(T0)]
+    end = torch.full((m,), max_frames, device=device)  # frame count T of each sample, once known
+    bar = tqdm(total=max_frames + N_STREAMS - 1, initial=T0, desc="frames", unit="frame", disable=not progress)
+    for s in range(T0, max_frames + N_STREAMS - 1):
+        bar.update()
         if guided:
-            logits = cfg_scale * logits[:n] + (1 - cfg_scale) * logits[n:]
-        cells = delay_cells(s, end)  # (n, 8): False where the delay pattern puts a pad
+            logits = cfg_scale * logits[:m] + (1 - cfg_scale) * logits[m:]
+        cells = delay_cells(s, end)  # (m, 8): False where the delay pattern puts a pad
         logits[..., 1:, 0] = logits[..., 1:, 0].masked_fill(cells[:, 1:], float("-inf"))  # no early pad
-        idx = sample_next(logits, temperature, top_k, generator).masked_fill(~cells, 0)  # (n, 8)
+        idx = sample_next(logits, temperature, top_k, generator).masked_fill(~cells, 0)  # (m, 8)
+        known = (s - k < T0) & (s - k >= 0)  # cells the continued audio already holds
+        if known.any():
+            idx[:, known] = prompt_codes[known, (s - k)[known]].to(device).long() + 1
         stopped = (idx[:, 0] == 0) & (end == max_frames) & (s < max_frames)
         end = torch.where(stopped, torch.full_like(end, s), end)  # codebook 0's pad: T = s frames
         steps.append(idx)
         if s >= int(end.max()) + N_STREAMS - 2:
             break
-        row = (first + idx)[:, None]  # (n, 1, 8) unified ids
+        row = (first + idx)[:, None]  # (m, 1, 8) unified ids
         row = torch.cat([row, row]) if guided else row
-        logits = decode_step(model, model.embed(row), torch.tensor([L + s], device=device))
-    delayed = torch.stack(steps, -1) - 1  # (n, 8, S), -1 where pad
-    return [undelay_pattern(delayed[i:i + 1, :, :int(end[i]) + N_STREAMS - 1])[0] for i in range(n)]
+        slot = L + s - T0
+        logits = decode_step(model, model.embed(row), torch.tensor([slot], device=device),
+                             ((slots <= slot)[None] & valid)[:, None, None], (slot - pad)[:, None])
+    bar.close()
+    delayed = torch.stack(steps, -1) - 1  # (m, 8, S), -1 where pad
+    return [undelay_pattern(delayed[i:i + 1, :, :int(end[i]) + N_STREAMS - 1])[0] for i in range(m)]
 
 
 @torch.no_grad()
@@ -218,6 +270,11 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
     p.add_argument("--max_seconds", type=float, default=10.0, help="the longest clip, in seconds (more than 0)")
+    p.add_argument("--continue", dest="continue_from", default=None, metavar="CLIP",
+                   help="an audio file (any rate and channels) whose codes start the audio: the written file is "
+                        "the clip followed by what the model writes after it")
+    p.add_argument("--batch_size", type=int, default=8, help="prompts of --prompts_file sampled together, each "
+                   "with its --num_samples, as one batch")
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame step (slow first call)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -226,6 +283,7 @@ def main():
                      (args.temperature < 0, f"--temperature {args.temperature:g}: give 0 (greedy) or more"),
                      (args.top_k < 1, f"--top_k {args.top_k}: give 1 or more"),
                      (args.num_samples < 1, f"--num_samples {args.num_samples}: give 1 or more"),
+                     (args.batch_size < 1, f"--batch_size {args.batch_size}: give 1 or more"),
                      (not args.max_seconds > 0, f"--max_seconds {args.max_seconds:g}: give a length above 0"),
                      (os.path.splitext(args.out)[1].lower() not in AUDIO_FORMATS,
                       f"--out {args.out}: name a .wav or .flac file")):
@@ -279,15 +337,27 @@ def main():
             fail(f"--max_seconds {args.max_seconds:g} is more than the context holds after {where} "
                  f"({room:.1f} s at most); lower it")
     stem, ext = os.path.splitext(args.out)
-    for j, rows in enumerate(batch):
-        codes = generate_audio(rt.model, rows, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
-                               top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g)
-        for i, c in enumerate(codes):
-            tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if len(codes) > 1 else [])
+    start = None
+    if args.continue_from:  # the clip's codes start every sample's audio
+        try:
+            wav = torch.from_numpy(load_audio(args.continue_from, sr=SAMPLE_RATE, mono=True))
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        start = rt.codec.encode(wav[None].to(rt.device))[0].cpu()
+        if start.shape[1] >= args.max_seconds * FRAME_RATE:
+            fail(f"{args.continue_from} lasts {wav.shape[0] / SAMPLE_RATE:.2f} s, not less than --max_seconds "
+                 f"{args.max_seconds:g}; raise --max_seconds to leave room for the continuation")
+    for first in range(0, len(batch), args.batch_size):
+        chunk = batch[first:first + args.batch_size]
+        codes = generate_audio(rt.model, chunk, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+                               top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g,
+                               prompt_codes=start, progress=True)
+        for c_i, c in enumerate(codes):
+            j, i = first + c_i // args.num_samples, c_i % args.num_samples
+            tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if args.num_samples > 1 else [])
             path = "_".join([stem] + tags) + ext if tags else args.out
             seconds = write_audio(rt, c, path, vae=not args.no_vae)
             print(f"wrote {path} ({seconds:.2f} s){': ' + prompts[j] if args.prompts_file else ''}")
-
 
 if __name__ == "__main__":
     main()

@@ -176,9 +176,29 @@ def test_listen_batch_equals_each_clip_alone():
         torch.testing.assert_close(again, feats)
 
 
-def test_adapter_maps_to_lm_width():
-    feats = torch.randn(2, 50, 128)
-    assert Adapter(128, 896)(feats).shape == (2, 50, 896)
+def test_adapter_is_linear_gelu_linear():
+    """The Adapter against fc2(GELU(fc1(x))) written out in numpy with the exact (erf) GELU,
+    and a worked example: identity layers map [1, -1, 2] to GELU's values 0.8413447,
+    -0.1586553, 1.9544997 (the tanh approximation is off by 1.5e-4 at 1)."""
+    from scipy.special import erf
+    torch.manual_seed(0)
+    adapter = Adapter(16, 24)
+    x = 2 * torch.randn(2, 5, 16)
+    w1, b1, w2, b2 = (p.detach().double().numpy() for p in (adapter.fc1.weight, adapter.fc1.bias,
+                                                             adapter.fc2.weight, adapter.fc2.bias))
+    u = x.double().numpy() @ w1.T + b1
+    want = (0.5 * u * (1 + erf(u / np.sqrt(2)))) @ w2.T + b2
+    with torch.no_grad():
+        got = adapter(x)
+    assert got.shape == (2, 5, 24)
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5, rtol=1e-5)
+    identity = Adapter(3, 3)
+    with torch.no_grad():
+        for layer in (identity.fc1, identity.fc2):
+            layer.weight.copy_(torch.eye(3))
+            layer.bias.zero_()
+        out = identity(torch.tensor([[1.0, -1.0, 2.0]]))
+    torch.testing.assert_close(out, torch.tensor([[0.8413447, -0.1586553, 1.9544997]]), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------

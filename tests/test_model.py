@@ -58,10 +58,46 @@ def test_logits_match_transformers(ckpts, name):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def mapped_ranges(path):
+    """The address ranges at which this process maps the file `path` (Linux: /proc/self/maps)."""
+    target, ranges = os.path.realpath(path), []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip() == target:
+                lo, hi = (int(a, 16) for a in parts[0].split("-"))
+                ranges.append((lo, hi))
+    return ranges
+
+
+def inside(tensor, ranges):
+    lo = tensor.data_ptr()
+    hi = lo + tensor.numel() * tensor.element_size()
+    return any(a <= lo and hi <= b for a, b in ranges)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
 def test_bf16_checkpoint_stays_bf16_and_memory_mapped(ckpts):
+    """dtype None keeps the stored bf16 and copies nothing: every parameter's bytes lie inside
+    a mapping of model.safetensors (as /proc/self/maps lists them), at the offset its header
+    gives; asking for fp32 copies them out of it."""
+    path = os.path.join(ckpts["bf16"][0], "model.safetensors")
     m = Qwen2.from_pretrained(ckpts["bf16"][0])
     assert m.lm_head.weight.dtype == torch.bfloat16
     assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()  # tied
+    ranges = mapped_ranges(path)
+    assert ranges, "model.safetensors is not mapped"
+    params = dict(m.named_parameters())
+    assert len(params) == 3 * 12 + 2 and all(p.dtype == torch.bfloat16 and inside(p, ranges) for p in params.values())
+    with open(path, "rb") as f:  # the header's offsets: each tensor where the file puts it, relative to the first
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    base = params["model.embed_tokens.weight"].data_ptr() - header["model.embed_tokens.weight"]["data_offsets"][0]
+    for name, p in params.items():
+        assert p.data_ptr() - base == header[name]["data_offsets"][0], name
+        assert torch.equal(p, load_safetensors(path)[name])
+    copied = Qwen2.from_pretrained(ckpts["bf16"][0], dtype=torch.float32)
+    assert not any(inside(p, mapped_ranges(path)) for p in copied.parameters())
 
 
 def test_kv_cache_decoding_matches_full_forward(ckpts):

