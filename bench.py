@@ -316,6 +316,81 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0, repeats=3):
             f"{k} {v:.2f} s ({v / total:.0%}, {made / v:.1f}x alone)" for k, v in t.items()))
 
 
+def bench_xcodec(seconds=2.0, repeats=3):
+    """X-codec (xcodec.py) at the xcodec-hubert-general shape with random weights on the CPU:
+    encode + decode of `seconds` of 16 kHz audio, ours against transformers' XcodecModel with
+    the same weights, in the same run (codes must be equal); then the toy preset's encode +
+    decode in times real time."""
+    from transformers import XcodecConfig, XcodecModel
+
+    from xcodec import PRESETS, XCodec, load_weights
+    torch.manual_seed(0)
+    ref = XcodecModel(XcodecConfig()).eval()
+    with torch.no_grad():
+        for q in ref.quantizer.quantizers:  # transformers initialises the codebooks to zero
+            q.codebook.embed.normal_()
+    with torch.device("meta"):
+        ours = XCodec(PRESETS["xcodec-hubert-general"])
+    load_weights(ours, {k: v.clone() for k, v in ref.state_dict().items()}, "random weights")
+    ours.eval()
+    wav = torch.randn(1, 1, int(seconds * 16000))
+
+    def best_of(fn):
+        fn()  # warm-up
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t)
+        return best, out
+
+    with torch.no_grad():
+        t_ref, (c_ref, _) = best_of(lambda: (c := ref.encode(wav, return_dict=False), ref.decode(c, return_dict=False)))
+        t_ours, (c, _) = best_of(lambda: (c := ours.encode(wav), ours.decode(c)))
+        tiny = XCodec(PRESETS["tiny"]).eval()
+        t_tiny, _ = best_of(lambda: tiny.decode(tiny.encode(wav)))
+    assert torch.equal(c, c_ref), "codes differ from transformers'"
+    print(f"xcodec encode + decode, {seconds:g} s of audio, CPU ({torch.get_num_threads()} threads)")
+    print(f"  xcodec-hubert-general: transformers {t_ref * 1000:.0f} ms, ours {t_ours * 1000:.0f} ms, "
+          f"ratio {t_ref / t_ours:.2f}x (goal >= 1.0x); codes equal")
+    print(f"  tiny preset: {seconds / t_tiny:.1f}x real time (goal >= 20x for the toy preset)")
+
+
+def bench_batch(ckpt="runs/sft.pt", prompts=8, seconds=4.0, repeats=2):
+    """Clips per second of the LM's frame loop, CFG 3: `prompts` different captions sampled as
+    one batch (sample.generate_audio with a list of prompts, as sample.py --prompts_file does)
+    against the same captions one call at a time, in the same run. Both write up to `seconds`
+    per clip and stop each clip on its own; best of `repeats` each, alternating."""
+    import sample
+    from codec import FRAME_RATE
+    from model import AUDIO
+    from tasks import TTA_PROMPT
+    rt = sample.load_runtime(ckpt, need_vae=False)
+    captions = ["A bell rings, then a drum hits twice.", "A low hum together with a hiss.",
+                "Three beeps, then a rising siren.", "A plucked string plays four notes.",
+                "A quiet high bell, then ticking.", "A drum hits three times.", "A loud beep.",
+                "A siren together with a low hum."]
+    rows = [sample.prefix([{"role": "user", "text": TTA_PROMPT + captions[i % len(captions)]}], rt.tok,
+                          rt.model.cfg, AUDIO)[0] for i in range(prompts)]
+    frames = int(seconds * FRAME_RATE)
+    runs = {"one at a time": lambda g: [c for x in rows for c in sample.generate_audio(
+                rt.model, x, cfg_scale=3.0, max_frames=frames, generator=g)],
+            "one batch": lambda g: sample.generate_audio(rt.model, rows, cfg_scale=3.0, max_frames=frames, generator=g)}
+    best, audio = {}, {}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                codes = fn(torch.Generator().manual_seed(0))
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+                audio[name] = sum(c.shape[1] for c in codes) / FRAME_RATE
+    print(f"batched sampling {ckpt}: {prompts} prompts, CFG 3, up to {seconds:g} s each "
+          f"({torch.get_num_threads()} threads)")
+    for name in runs:
+        print(f"  {name:14s} {prompts / best[name]:6.2f} clips/s ({audio[name]:.1f} s of audio in {best[name]:.1f} s)")
+    print(f"  ratio one batch / one at a time: {best['one at a time'] / best['one batch']:.2f}x (goal >= 2x at 8 prompts)")
+
+
 # -----------------------------------------------------------------------------
 # On a GPU (`python bench.py gpu`; `--device cpu --presets tiny` runs the same code on a CPU)
 
@@ -487,7 +562,7 @@ def hf_twin_config(c):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "all", "gpu"],
+    p.add_argument("what", choices=["decode", "load", "tokenizer", "train", "sample", "xcodec", "all", "gpu"],
                    help="which benchmark (see above)")
     p.add_argument("--preset", default="qwen2.5-0.5b", choices=list(PRESETS), help="decode, load: the backbone shape")
     p.add_argument("--new_tokens", type=int, default=64, help="decode: greedy tokens generated per run")
@@ -509,3 +584,6 @@ if __name__ == "__main__":
         bench_train()
     if a.what in ("sample", "all"):
         bench_sample()
+        bench_batch()
+    if a.what in ("xcodec", "all"):
+        bench_xcodec()

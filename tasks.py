@@ -1,7 +1,8 @@
 """
 Every task of the paper as a conversation in the release's template (SPEC.md sections 1 and
 8; sequences.py turns it into a grid): generation, understanding, text and UALM-Reason's
-enrichment, dialogue and self-reflection.
+enrichment, dialogue and self-reflection; and the data they are made of (the manifests of
+--data split into training and held-out clips, and the tokenizer that reads them).
 
 Audio the model writes is the clip's cached codec codes (8, T); audio it hears is the
 clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: ...},
