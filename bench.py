@@ -277,20 +277,19 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0, repeats=3):
     frames = int(seconds * FRAME_RATE)
     steps = {"eager": sample.decode_step, "compiled": compile_step(sample.decode_step, "cpu")}
     t = time.perf_counter()
-    sample.decode_step = steps["compiled"]
     with torch.no_grad():
         for x in rows:  # every prompt once: the shapes the timed runs will meet
-            sample.generate_audio(rt.model, x, cfg_scale=3.0, max_frames=frames)
+            sample.generate_audio(rt.model, x, cfg_scale=3.0, max_frames=frames, step=steps["compiled"])
     warmup = time.perf_counter() - t
 
-    def run():
+    def run(step):
         g = torch.Generator().manual_seed(0)
         t, made = {"LM": 0.0, "codec": 0.0, "VAE": 0.0}, 0.0
         with torch.no_grad():
             for i in range(prompts):
                 t0 = time.perf_counter()
                 codes = sample.generate_audio(rt.model, rows[i % len(rows)], cfg_scale=3.0, max_frames=frames,
-                                              generator=g)[0]
+                                              generator=g, step=step)[0]
                 t1 = time.perf_counter()
                 wav = rt.codec.decode(codes[None])
                 t2 = time.perf_counter()
@@ -303,11 +302,9 @@ def bench_sample(ckpt="runs/sft.pt", prompts=4, seconds=5.0, repeats=3):
     best = {}
     for _ in range(repeats):
         for name, step in steps.items():
-            sample.decode_step = step
-            t, made = run()
+            t, made = run(step)
             if name not in best or sum(t.values()) < sum(best[name][0].values()):
                 best[name] = (t, made)
-    sample.decode_step = steps["eager"]
     print(f"sample {ckpt}: {prompts} prompts, CFG 3, {made:.1f} s of audio, best of {repeats} "
           f"({torch.get_num_threads()} threads; torch.compile's warm-up took {warmup:.1f} s)")
     for name, (t, made) in best.items():
@@ -522,14 +519,12 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read those bytes once
     print(f"sample: the LM's frame loop at {preset} shape, {str(dtype)[6:]} on {device}, CFG 3, {seconds:.0f} s clips")
     for name, step in (("eager", eager), ("compiled", compiled)):
-        sample.decode_step = step
         g = torch.Generator(device=device).manual_seed(0)
         sec, codes = timed(lambda: sample.generate_audio(model, rows, cfg_scale=3.0, max_frames=frames,
-                                                         generator=g), device)
+                                                         generator=g, step=step), device)
         made = codes[0].shape[1] / FRAME_RATE
         print(f"  {name:8s} {made / sec:7.1f}x real time ({made / sec / bound:6.1%} of the bound, "
               f"{bound:.0f}x; goal: half of it compiled)")
-    sample.decode_step = eager
 
 
 def bench_gpu(device, presets, peak_tflops):

@@ -140,7 +140,7 @@ CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step mee
 
 @torch.no_grad()
 def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8, top_k=20, max_frames=500,
-                   generator=None, prompt_codes=None, progress=False):
+                   generator=None, prompt_codes=None, progress=False, step=None):
     """Text (and heard audio) -> codes, with classifier-free guidance through one KV cache.
 
     rows: a prompt (L, 8) ending in <|assistant|> <|audio|>, or a list of prompts, sampled
@@ -157,8 +157,10 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
 
     Prompts of other lengths are left-padded to the longest: a row's padding slots are hidden
     from its queries and its position ids start at 0 at its first real row, so each row
-    computes what it would alone. progress: a progress bar over the frame steps.
+    computes what it would alone. progress: a progress bar over the frame steps. step: the frame
+    step, decode_step by default (sample.py --compile passes torch.compile(decode_step)).
     """
+    step = step or decode_step
     prompts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
     feats = list(feats) if isinstance(feats, (list, tuple)) else [feats] * len(prompts)
     cfg, device = model.cfg, model.lm.lm_head.weight.device
@@ -213,7 +215,7 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
         row = (first + idx)[:, None]  # (m, 1, 8) unified ids
         row = torch.cat([row, row]) if guided else row
         slot = L + s - T0
-        logits = decode_step(model, model.embed(row), torch.tensor([slot], device=device),
+        logits = step(model, model.embed(row), torch.tensor([slot], device=device),
                              ((slots <= slot)[None] & valid)[:, None, None], (slot - pad)[:, None])
     bar.close()
     delayed = torch.stack(steps, -1) - 1  # (m, 8, S), -1 where pad
@@ -289,9 +291,7 @@ def main():
                       f"--out {args.out}: name a .wav or .flac file")):
         if bad:
             fail(why)
-    if args.compile:
-        global decode_step
-        decode_step = compile_step(decode_step, args.device)  # CUDA graphs on CUDA
+    step = compile_step(decode_step, args.device) if args.compile else decode_step  # CUDA graphs on CUDA
     prompts = [args.prompt]
     if args.prompts_file:
         if args.prompt or args.audio or args.text:
@@ -351,7 +351,7 @@ def main():
         chunk = batch[first:first + args.batch_size]
         codes = generate_audio(rt.model, chunk, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
                                top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g,
-                               prompt_codes=start, progress=True)
+                               prompt_codes=start, progress=True, step=step)
         for c_i, c in enumerate(codes):
             j, i = first + c_i // args.num_samples, c_i % args.num_samples
             tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if args.num_samples > 1 else [])
