@@ -1,4 +1,4 @@
-"""xcodec.py's training of the toy preset: the codebooks' moving averages against hand computations,
+"""xcodec_train.py: the training of the toy preset: the codebooks' moving averages against hand computations,
 dead-code restarts, the k-means start, a few steps of X-codec's objectives, the checkpoint, the probe."""
 
 import os
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from codec import world_clips
-from xcodec import (
-    FRAME_RATE, HOP, N_KEYWORDS, PRESETS, SILENCE, AcousticConfig, Hubert, QuantizerEMA, ResidualVQ, SemanticConfig,
-    TrainConfig, XCodec, XCodecConfig, bandwidth_codebooks, cut, ema_update, event_frames, frame_labels, load_xcodec,
-    planned_steps, probe_events, restart_dead, train_teacher, train_xcodec, xcodec_losses)
+from xcodec import PRESETS, AcousticConfig, Hubert, ResidualVQ, SemanticConfig, XCodec, XCodecConfig
+from xcodec_train import (
+    FRAME_RATE, HOP, N_KEYWORDS, SILENCE, QuantizerEMA, TrainConfig, bandwidth_codebooks, cut, ema_update, event_frames,
+    frame_labels, load_xcodec, planned_steps, probe_events, restart_dead, train_teacher, train_xcodec, xcodec_losses)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,7 +178,7 @@ def test_checkpoint_round_trips(clips, tmp_path):
 
 
 def test_cli_eval_only_without_a_checkpoint(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "xcodec.py"), "--out", str(tmp_path), "--eval-only"],
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "xcodec_train.py"), "--out", str(tmp_path), "--eval-only"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 1 and "not found: train it first" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1
