@@ -44,12 +44,12 @@ class ClapConfig:
     d_embed: int = 128  # the joint embedding space
 
 
-def frame_tags(events, n_frames):
-    """Ground-truth events -> (n_frames, N_TAGS) targets at 25 Hz.
-    e.g. a drum with hits at 0.1 s and 1.48 s sets 'drum active' over its span and
-    'drum onset' in frames 2 and 37."""
+def frame_tags(events, n_frames, rate=FEATURES_PER_SECOND):
+    """Ground-truth events -> (n_frames, N_TAGS) targets at `rate` frames a second (25 Hz, the
+    encoder's, by default). e.g. a drum with hits at 0.1 s and 1.48 s sets 'drum active' over
+    its span and 'drum onset' in frames 2 and 37."""
     tags = torch.zeros(n_frames, N_TAGS)
-    frame = lambda t: min(n_frames - 1, int(t * FEATURES_PER_SECOND))  # noqa: E731
+    frame = lambda t: min(n_frames - 1, int(t * rate))  # noqa: E731
     for ev in events:
         k = KEYWORDS.index(ev["keyword"])
         a, b = frame(ev["onset"]), frame(ev["offset"]) + 1

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import rvq
+from clap import N_TAGS, frame_tags
 from checkpoint import load_module
 from codec import Codec, evaluate_codec, spectral_losses, world_clips
 from toy.world import KEYWORDS
@@ -38,28 +39,15 @@ from xcodec import PRESETS, SAMPLE_RATE, Hubert, ResidualVQ, XCodec, XCodecConfi
 HOP = 320  # samples per frame in the toy presets: DAC strides 8*5*4*2 = HuBERT strides 5*2**6
 FRAME_RATE = SAMPLE_RATE // HOP  # 50 Hz
 N_KEYWORDS = len(KEYWORDS)
-N_TAGS = 2 * N_KEYWORDS + 4  # per frame: each keyword sounding, each keyword's unit starting, low/high, loud/quiet
 SILENCE = N_KEYWORDS  # the probe's class of a frame where nothing sounds
 PROBE_RIDGE = 1e-3  # the probe's ridge, as a share of the mean feature energy
 
 
 def event_frames(events, n_frames):
-    """A plan's events -> (n_frames, N_TAGS) 0/1 targets at 50 Hz, frame t covering [t/50, (t+1)/50) s
-    (clap.frame_tags' tags at the codec's frame rate). e.g. a drum with hits at 0.1 s and 0.5 s, offset
+    """A plan's events -> (n_frames, N_TAGS) 0/1 targets at 50 Hz, frame t covering [t/50, (t+1)/50) s:
+    clap.frame_tags' tags at the codec's frame rate. e.g. a drum with hits at 0.1 s and 0.5 s, offset
     0.8 s: 'drum sounding' in frames 5..40, 'drum unit starts' in frames 5 and 25."""
-    tags = torch.zeros(n_frames, N_TAGS)
-    frame = lambda t: min(n_frames - 1, int(t * FRAME_RATE))  # noqa: E731
-    for ev in events:
-        k = KEYWORDS.index(ev["keyword"])
-        a, b = frame(ev["onset"]), frame(ev["offset"]) + 1
-        tags[a:b, k] = 1
-        for t in ev.get("times", [ev["onset"]]):
-            tags[frame(t), N_KEYWORDS + k] = 1
-        if ev.get("pitch") in ("low", "high"):
-            tags[a:b, 2 * N_KEYWORDS + (ev["pitch"] == "high")] = 1
-        if ev.get("loudness") in ("loud", "quiet"):
-            tags[a:b, 2 * N_KEYWORDS + 2 + (ev["loudness"] == "quiet")] = 1
-    return tags
+    return frame_tags(events, n_frames, rate=FRAME_RATE)
 
 
 def frame_labels(events, n_frames):

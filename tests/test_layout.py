@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 READING_ORDER = [
     "utils", "toy.world", "toy.analyzer", "data", "tokenizer", "checkpoint",  # shared helpers, the toy world
-    "encoder", "rvq", "codec", "xcodec", "xcodec_train", "vae", "clap", "model",  # the components
+    "encoder", "rvq", "codec", "xcodec", "vae", "clap", "xcodec_train", "model",  # the components
     "sequences", "tasks",  # conversations -> training grids
     "sample",  # generation
     "dpo", "train",  # training (train.py runs every stage, dpo.py's too)
