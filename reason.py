@@ -92,7 +92,8 @@ class Chain:
         max_frames = int(self.s.max_seconds * FRAME_RATE)
         rows, feats = self._prefix(messages, AUDIO, max_frames + N_STREAMS)
         codes = generate_audio(self.rt.model, rows, feats, cfg_scale=self.s.cfg, temperature=self.s.temperature,
-                               top_k=self.s.top_k, max_frames=max_frames, generator=self.generator)[0]
+                               top_k=self.s.top_k, max_frames=max_frames, generator=self.generator,
+                               progress=self.s.echo)[0]
         if codes.shape[1] == 0:
             raise ValueError("the model ended its audio before the first frame; try another --seed")
         path = os.path.join(self.s.out, f"step{len(self.steps) + 1}.wav")
