@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 # the project is flat: make `import model`, `import codec`, ... work from tests/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,3 +32,13 @@ def tiny_run(tmp_path_factory):
         r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
         assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}"
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small run faster on one thread: starting and syncing threads costs more than
+    the math. Modules of tiny models use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,12 +26,7 @@ MICRO = XCodecConfig(
 MICRO_RECIPE = TrainConfig(batch=2, kmeans_batches=2, kmeans_iters=3, warmup=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")
