@@ -15,7 +15,7 @@ a frame-level tagging loss from the world's ground truth (which events sound in 
 the timing the LM needs to count and to order events.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from checkpoint import load_module
 from utils import learning_rate
 from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, SAMPLE_RATE, AudioEncoder
 from toy.world import KEYWORDS
@@ -89,7 +90,7 @@ class TextTower(nn.Module):
 class Clap(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         self.audio = AudioEncoder(ENCODER_PRESETS[cfg.encoder])
         d = self.audio.config.d_model
         self.tagger = nn.Linear(d, N_TAGS)
@@ -134,14 +135,10 @@ class Clap(nn.Module):
         feats, lengths = self.hear(waves)
         return (self.audio_embed(feats, lengths) * self.text_embed(ids)).sum(-1)
 
-    def checkpoint(self):
-        return {"config": asdict(self.cfg), "model": self.state_dict()}
-
     @classmethod
-    def from_checkpoint(cls, ckpt):
-        model = cls(ClapConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        return model.eval()
+    def from_checkpoint(cls, path, config: ClapConfig | None = None) -> "Clap":
+        """Load a CLAP saved by save_checkpoint (runs/clap.pt), in eval mode, or one clear error."""
+        return load_module(cls, ClapConfig, path, "python train.py --stage clap", config)
 
 
 def pad_ids(seqs, pad, max_len=256):

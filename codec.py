@@ -254,7 +254,7 @@ class Codec(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, config: CodecConfig | None = None) -> "Codec":
         """Load a codec saved by save_checkpoint; with `config`, also check it equals the saved one."""
-        return load_module(cls, CodecConfig, path, config, "codec", "python codec.py --out DIR")
+        return load_module(cls, CodecConfig, path, "python codec.py --out DIR", config)
 
 
 # ---------------------------------------------------------------------------------------

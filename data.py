@@ -230,7 +230,7 @@ def read_text(path):
 
 def read_reflection(path):
     """reflection.jsonl -> [{'location' (flawed, absolute), 'reference' (absolute), 'critique', ...}]."""
-    rows = _read_lines(path, ("location", "reference", "caption", "flaw", "critique"))
+    rows = _read_lines(path, ("location", "reference", "caption", "flawed_caption", "flaw", "critique"))
     for row in rows:
         row["location"], row["reference"] = _absolute(path, row["location"]), _absolute(path, row["reference"])
     return rows

@@ -25,22 +25,22 @@ from tqdm import tqdm
 
 import codec as codec_lib
 import tasks
-from checkpoint import load_ckpt
+from checkpoint import load_ckpt, load_module, save_ckpt
 from clap import Clap, pad_ids
 from model import AUDIO, UALM, UALMConfig
 from sample import audible, generate_audio, prefix
 from sequences import build, collate, n_loss_positions, row_logp
 from tasks import get_tokenizer, lm_data
-from utils import learning_rate, save_atomic
+from utils import learning_rate
 
 
 @torch.no_grad()
 def dpo_pairs(args, policy, tok, rows, codec, clap):
     """For each prompt, --dpo_samples clips sampled from the model itself, ranked by the CLAP reward:
-    (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt."""
+    (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt (save_pairs)."""
     path = os.path.join(args.out, "dpo_pairs.pt")
     if os.path.isfile(path):
-        return torch.load(path)
+        return load_pairs(path)
     policy.eval()
     g = torch.Generator().manual_seed(args.seed)
     pairs = []
@@ -55,8 +55,23 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
         reward = clap.score(waves, pad_ids([tok.encode(r["caption"])] * len(waves), tok.vocab_size))
         best, worst = int(reward.argmax()), int(reward.argmin())
         pairs.append((r["caption"], codes[best].long(), codes[worst].long(), float(reward[best] - reward[worst])))
-    save_atomic(pairs, path)
+    save_pairs(pairs, path)
     return pairs
+
+
+def save_pairs(pairs, path):
+    """[(caption, winner (8, T), loser (8, T'), gap), ...] -> a checkpoint file: the codes as
+    sections winners/i and losers/i, captions and gaps as JSON."""
+    save_ckpt(path, {"kind": "dpo pairs", "captions": [p[0] for p in pairs], "gaps": [p[3] for p in pairs],
+                     "winners": {str(i): p[1] for i, p in enumerate(pairs)},
+                     "losers": {str(i): p[2] for i, p in enumerate(pairs)}})
+
+
+def load_pairs(path):
+    """The pairs save_pairs wrote, or one clear error naming the file."""
+    ck = load_ckpt(path, "dpo pairs", "python train.py --stage dpo")
+    return [(caption, ck["winners"][str(i)], ck["losers"][str(i)], gap)
+            for i, (caption, gap) in enumerate(zip(ck["captions"], ck["gaps"]))]
 
 
 def pair_samples(caption, win, lose, tok, cfg):
@@ -89,13 +104,11 @@ def train_dpo(args):
     the winners, then dpo_loss + --dpo_ce x CE on the winners."""
     tok = get_tokenizer(args)
     data = lm_data(args)
-    ckpt = load_ckpt(os.path.join(args.out, "sft.pt"), "sft")
-    policy = UALM(UALMConfig(**ckpt["config"]))
-    policy.load_state_dict(ckpt["model"])
-    reference = UALM(UALMConfig(**ckpt["config"])).eval().requires_grad_(False)
-    reference.load_state_dict(ckpt["model"])
+    sft, how = os.path.join(args.out, "sft.pt"), "python train.py --stage sft"
+    policy = load_module(UALM, UALMConfig, sft, how, stage="sft")
+    reference = load_module(UALM, UALMConfig, sft, how, stage="sft").requires_grad_(False)
     codec = codec_lib.Codec.from_checkpoint(os.path.join(args.out, "codec.pt"))
-    clap = Clap.from_checkpoint(load_ckpt(os.path.join(args.out, "clap.pt"), "clap"))
+    clap = Clap.from_checkpoint(os.path.join(args.out, "clap.pt"))
     pairs = dpo_pairs(args, policy, tok, data["tta"][0], codec, clap)
     pairs = [p for p in pairs if p[3] > args.dpo_min_gap]
     if not pairs:
@@ -123,8 +136,9 @@ def train_dpo(args):
         opt.step()
         log.append({"step": step + 1, "loss": loss.item(), "ce": ce.item(), "margin": margin.item()})
         bar.set_postfix(ce=f"{ce.item():.3f}", margin=f"{margin.item():.2f}")
-    save_atomic({"model": policy.state_dict(), "config": asdict(policy.cfg), "args": vars(args), "log": log},
-                os.path.join(args.out, "dpo.pt"))
+    save_ckpt(os.path.join(args.out, "dpo.pt"), {"kind": "UALM", "stage": "dpo", "config": asdict(policy.cfg),
+                                                 "args": vars(args), "step": args.dpo_steps, "log": log,
+                                                 "model": policy.state_dict()})
     print(f"dpo: {len(pairs)} pairs, mean reward gap {np.mean([p[3] for p in pairs]):.3f} -> {args.out}/dpo.pt")
     (w0, l0), (w1, l1) = pair_ce(reference, pairs, tok), pair_ce(policy, pairs, tok)
     print(f"dpo: cross-entropy per frame on the pairs, before -> after: winners {w0:.3f} -> {w1:.3f}, "

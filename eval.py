@@ -36,12 +36,13 @@ import tasks
 from clap import K, pad_ids
 from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
+from dpo import load_pairs
 from model import AUDIO, TEXT
 from sequences import build, frame_nll
 from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
 from utils import atomic_path, fail
 from toy.analyzer import adherence, analyze
-from toy.world import KEYWORDS
+from toy.world import KEYWORDS, LAYOUTS, MAX_DURATION
 
 
 def named_keywords(text):
@@ -97,14 +98,31 @@ def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
     return [st for st in steps if st["kind"] == "audio" and st["role"] == "assistant"][-1]["codes"]
 
 
+def length_range(layout):
+    """The lengths the world gives a layout, in seconds: 'sequence' -> (3.0, 5.0)."""
+    return LAYOUTS[layout][1], MAX_DURATION
+
+
+def in_range(layout, seconds):
+    """Is a generated length (a whole number of frames) inside length_range(layout), give or
+    take half a frame? ('sequence', 2.9) -> False; seconds may be an array."""
+    lo, hi = length_range(layout)
+    half = 0.5 / FRAME_RATE
+    return (seconds >= lo - half) & (seconds <= hi + half)
+
+
 @torch.no_grad()
 def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="caption"):
     """Generate for each held-out row's prompt (its caption, or its vague prompt) and score
-    the clip against the row's ground truth: adherence, CLAP (with the caption), FD, KL."""
+    the clip against the row's ground truth: adherence (and its parts), order (the layout
+    of the two-event sequences alone), length_ok (the clip's length inside the world's range
+    for the asked layout, length_range), CLAP (with the caption), FD, KL; and lengths, a
+    list of (layout, seconds generated) for length_table."""
     g = torch.Generator().manual_seed(seed)
-    scores, claps, made, real, kls = [], [], [], [], []
+    scores, claps, made, real, kls, lengths = [], [], [], [], [], []
     for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
         codes = make_audio(rt, r[prompt_key], method, cfg_scale, r["duration"] + 2, g, seed + i)
+        lengths.append((r["layout"], codes.shape[1] / FRAME_RATE))
         if not audible(codes):  # nothing, or too short to hear: a failed clip
             scores.append({"events": 0.0, "layout": 0.0, "counts": 0.0, "pitch": 0.0, "score": 0.0})
             continue
@@ -113,13 +131,32 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
         claps.append(float(rt.clap.score([wav], pad_ids([rt.tok.encode(r["caption"])], rt.tok.vocab_size))[0]))
         ref = torch.from_numpy(load_audio(r["location"], sr=16000, mono=True))
         for w, out in ((wav, made), (ref, real)):
-            feats, lengths = rt.clap.hear([w])
-            out.append(rt.clap.audio_embed(feats, lengths)[0].numpy())
+            feats, n_frames = rt.clap.hear([w])
+            out.append(rt.clap.audio_embed(feats, n_frames)[0].numpy())
         kls.append(kl(event_distribution(rt, ref), event_distribution(rt, wav)))
     out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    order = [s["layout"] for s, r in zip(scores, rows) if r["layout"] == "sequence"]
+    out["order"] = float(np.mean(order)) if order else float("nan")
+    out["length_ok"] = float(np.mean([in_range(lay, sec) for lay, sec in lengths]))
     out["clap"] = float(np.mean(claps)) if claps else 0.0
     out["fd"] = frechet_distance(made, real) if len(made) > 1 else float("nan")
     out["kl"] = float(np.mean(kls)) if kls else float("nan")
+    out["lengths"] = lengths
+    return out
+
+
+def length_table(lengths):
+    """[(layout, seconds generated), ...] -> markdown rows: per asked layout, the world's range
+    and the generated lengths' 10th, 50th and 90th percentiles and share inside the range."""
+    out = ["| asked layout | clips | world's range (s) | generated: 10% / 50% / 90% (s) | inside the range |",
+           "|---|---|---|---|---|"]
+    for layout in LAYOUTS:
+        sec = np.array([s for lay, s in lengths if lay == layout])
+        if len(sec):
+            lo, hi = length_range(layout)
+            p10, p50, p90 = np.percentile(sec, [10, 50, 90])
+            inside = np.mean(in_range(layout, sec))
+            out.append(f"| {layout} | {len(sec)} | {lo:.1f}-{hi:.1f} | {p10:.1f} / {p50:.1f} / {p90:.1f} | {pct(inside)} |")
     return out
 
 
@@ -226,7 +263,7 @@ def why_reflection(rt, rows, seeds):
             texts = [st["content"] for st in steps if st["kind"] == "text" and st["role"] == "assistant"]
             audio = [st["codes"] for st in steps if st["kind"] == "audio" and st["role"] == "assistant"]
             found, score = judge(rt, audio[0], r["events"])
-            critique = texts[1] if len(texts) > 1 else ""
+            critique = texts[-1] if len(texts) > 1 else ""  # after the plan (and the heard caption)
             said = critique.split("Heard:")[1].split("Problem:")[0] if "Heard:" in critique else ""
             right, fine = score["events"] == 1.0, tasks.NO_PROBLEM in critique
             n, plan_right = n + 1, plan_right + (named_keywords(texts[0].split("\n")[0]) == truth)
@@ -269,13 +306,16 @@ def pct(x):
     return f"{100 * x:.1f}%"
 
 
+SHARES = ("score", "events", "layout", "counts", "pitch", "order", "length_ok")  # eval_generation's percentages
+
+
 def over_seeds(rt, rows, cfg_scale, seeds, method="direct", prompt_key="caption"):
     """eval_generation once per seed -> {metric: cell}, each cell 'mean +- sample std' over the seeds."""
     runs = [eval_generation(rt, rows, cfg_scale, seed, method, prompt_key) for seed in seeds]
-    cells = {}
+    cells = {"lengths": [x for r in runs for x in r.pop("lengths")]}
     for k in runs[0]:
         v = np.array([r[k] for r in runs])
-        scale, fmt = (100, "{:.1f}") if k in ("score", "events", "layout", "counts", "pitch") else (1, "{:.3f}")
+        scale, fmt = (100, "{:.1f}") if k in SHARES else (1, "{:.3f}")
         cells[k] = fmt.format(scale * v.mean()) + (" +- " + fmt.format(scale * v.std(ddof=1)) if len(v) > 1 else "")
         cells[k] += "%" if scale == 100 else ""
     return cells
@@ -303,15 +343,22 @@ def replicate(args, gen, und, txt):
            f"items, {len(txt)} arithmetic problems. Generation cells: mean +- standard deviation over "
            f"{len(seeds)} sampling seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}); "
            "understanding and text are greedy, one run.", "",
-           "| model | checkpoint | CFG | adherence | events | layout | counts | pitch | CLAP | FD | KL |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| model | checkpoint | CFG | adherence | events | layout | counts | pitch | order (A, then B) "
+           "| length in range | CLAP | FD | KL |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    gen_lengths = None
     for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
                              ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
                              ("UALM-Reason + DPO", "dpo", 3.0)]:
         g = over_seeds(rt(name), rows, cfg, seeds)
         out.append(f"| {label} | {name}.pt | {cfg:g} | {g['score']} | {g['events']} | {g['layout']} "
-                   f"| {g['counts']} | {g['pitch']} | {g['clap']} | {g['fd']} | {g['kl']} |")
+                   f"| {g['counts']} | {g['pitch']} | {g['order']} | {g['length_ok']} | {g['clap']} | {g['fd']} "
+                   f"| {g['kl']} |")
         print(out[-1])
+        gen_lengths = gen_lengths or g["lengths"]
+    out += ["", "Where the clips of gen.pt end, against the lengths the world gives each layout:", ""]
+    out += length_table(gen_lengths)
+    print("\n".join(out[-len(LAYOUTS) - 2:]))
     out += ["", f"Does the LM read its caption? Teacher-forced cross-entropy of the {len(gen)} held-out clips' codec "
             "tokens after their own caption and after another clip's (nats per frame; onset: the first 10 rows).", "",
             "| checkpoint | own caption | another's | gap | gap at onset |", "|---|---|---|---|---|"]
@@ -351,7 +398,7 @@ def replicate(args, gen, und, txt):
             f"worse in {w['worse']}) |"]
     pairs = os.path.join(runs, "dpo_pairs.pt")
     if os.path.isfile(pairs):
-        pairs = torch.load(pairs)
+        pairs = load_pairs(pairs)
         hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
         out.append(f"| DPO's pairs (dpo_pairs.pt, ranked by CLAP): the winner's adherence above / below / equal "
                    f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
@@ -400,7 +447,9 @@ def main():
     g = eval_generation(rt, gen[:args.n_gen], args.cfg, args.seed)
     print(f"generation (cfg {args.cfg}, {args.n_gen} captions): adherence score {100 * g['score']:.1f}% (events "
           f"{100 * g['events']:.1f}%, layout {100 * g['layout']:.1f}%, counts {100 * g['counts']:.1f}%, pitch "
-          f"{100 * g['pitch']:.1f}%), CLAP {g['clap']:.3f}, FD {g['fd']:.3f}, KL {g['kl']:.3f}")
+          f"{100 * g['pitch']:.1f}%; A-then-B order {100 * g['order']:.1f}%, length in the layout's range "
+          f"{100 * g['length_ok']:.1f}%), CLAP {g['clap']:.3f}, FD {g['fd']:.3f}, KL {g['kl']:.3f}")
+    print("\n".join(length_table(g["lengths"])))
     c = caption_gap(rt, gen)
     print(f"caption gap ({len(gen)} clips, teacher-forced): {c['own']:.3f} nats per frame after the clip's own caption, "
           f"{c['other']:.3f} after another's (gap {c['gap']:.3f}; {c['onset_gap']:.3f} over the first 10 rows)")

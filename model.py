@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from checkpoint import load_checkpoint, read_config
 from encoder import Adapter
@@ -54,6 +55,9 @@ class Qwen2Config:
             d["rope_theta"] = d["rope_parameters"]["rope_theta"]
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --dtype's names
 
 
 # Exact shapes of the released checkpoints (SPEC.md section 10), plus a CPU toy.
@@ -194,6 +198,9 @@ class Qwen2Model(nn.Module):
                                          _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # activation checkpointing (train.py --checkpointing): keep only each block's input in
+        # training and run the block again in the backward pass, trading compute for memory
+        self.checkpointing = False
 
     def forward(self, x, position_ids=None, mask=None, input_pos=None, segments=None):
         """x: embeddings (B, T, d) -> final normed hidden states (B, T, d).
@@ -211,7 +218,10 @@ class Qwen2Model(nn.Module):
             mask = (torch.arange(S, device=x.device) <= input_pos[:, None])[None, None]  # (1, 1, T, S)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos, segments)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, input_pos, segments, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, input_pos, segments)
         return self.norm(x)
 
 
@@ -316,7 +326,7 @@ class Qwen2(nn.Module):
         state = load_checkpoint(path)
         with torch.device("meta"):
             model = cls(cfg)
-        check_state_dict(model, state, path)
+        check_state_dict(model, state, path, "lm_head.weight" if cfg.tie_word_embeddings else None)
         modules = dict(model.named_modules())
         for name, tensor in state.items():  # the loaded tensors become the parameters: no copy
             module, _, leaf = name.rpartition(".")
@@ -340,13 +350,14 @@ def _init_weights(m):
 # Loading: every key and shape checked before anything is assigned
 
 
-def check_state_dict(model, state, path):
+def check_state_dict(model, state, path, tied=None):
     """Every parameter present with its shape; nothing unexpected. Raises before any copy.
-    A tied model may carry a redundant lm_head.weight, which is dropped."""
+    tied: the name of a tied lm_head ("lm_head.weight" in Qwen2), which the file may leave out
+    or carry redundantly (then it is dropped)."""
     want = {k: p.shape for k, p in model.named_parameters(remove_duplicate=False)}  # no buffers are saved
-    if model.cfg.tie_word_embeddings:
-        want.pop("lm_head.weight", None)
-        state.pop("lm_head.weight", None)
+    if tied:
+        want.pop(tied, None)
+        state.pop(tied, None)
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or extra:
         raise ValueError(f"{path}: config.json does not match the weights: missing {missing[:4]}, "
@@ -478,3 +489,22 @@ class UALM(nn.Module):
         if cfg.backbone_config().tie_word_embeddings:
             model.lm.lm_head.weight = model.lm.model.embed_tokens.weight
         return model.to(device=device, dtype=dtype or qwen.model.embed_tokens.weight.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """A folder `python checkpoint.py --export` wrote (config.json: a UALMConfig, model.safetensors,
+        tokenizer/) -> UALM in eval mode, its weights equal to the checkpoint's. As in
+        Qwen2.from_pretrained, every key and shape is checked before any copy; a tied lm_head
+        may be left out of the file."""
+        raw = read_config(path)
+        try:
+            cfg = UALMConfig(**raw)
+        except TypeError:
+            raise ValueError(f"{path}/config.json is not a UALM config (keys {sorted(raw)[:4]}); export the "
+                             "folder with `python checkpoint.py --export runs/sft.pt --out DIR`") from None
+        state = load_checkpoint(path)
+        model = cls(cfg)
+        tied = cfg.backbone_config().tie_word_embeddings
+        check_state_dict(model, state, path, "lm.lm_head.weight" if tied else None)
+        model.load_state_dict(state, strict=not tied)  # tied: lm_head is the embedding, loaded with it
+        return model.eval()

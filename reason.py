@@ -1,28 +1,43 @@
 """
 UALM-Reason at inference (paper; SPEC.md section 8): a multimodal chain of thought, text and
-audio steps in one conversation.
+audio segments in one conversation, whose flow the model decides.
 
     python reason.py --mode enrich --prompt "an alarm"
     python reason.py --mode dialogue --prompt "a rhythm" --answers "drum|three loud drum hits"
     python reason.py --mode reflect --prompt "A high bell, then three drum hits." --rounds 3
 
-Each mode replays the conversation the model saw in training (tasks.py) and lets the
-model write the assistant's parts, one segment at a time: sample.prefix builds the
-conversation so far in the training template, then the model writes text greedily up to
-<|eot|>/<|eos|>, or audio with classifier-free guidance.
+The program plays the user and the world, the model the assistant. An assistant turn is one
+or more segments, and the model's own next token decides every step of it, as the release's
+inference does (SPEC.md sections 1 and 6; Chain.turn):
 
-    enrich    user: vague prompt -> rich caption (Keywords / Layout / Description) -> audio
-    dialogue  user: "Ask me about it first. <vague prompt>" -> the model asks (an answer from --answers or the
-              terminal after each question) until it writes the rich caption -> audio
-    reflect   user: "Generate audio for this caption. <caption>" -> the plan (a rich
-              caption) -> audio -> the model hears it (codec decode, then the frozen
-              encoder, as it hears any audio) -> critique "Plan: .. Heard: .. Problem: .."
-              -> when it names a problem, a corrected audio, which the next round hears
-              in place of the first. It stops at "Problem: none." or after --rounds.
+    <|assistant|>   the argmax of <|text|> / <|audio|> picks the segment's modality
+    the segment     text greedily, or audio with classifier-free guidance
+    its END         <|eot|>: another segment of the same turn follows, back to <|assistant|>
+                    <|eos|>: the turn is over, and the program speaks next
+                    (text: the token the text stopped on; audio: the argmax of <|eot|> /
+                    <|eos|> after its last delay row)
+
+sample.prefix builds each prefix in the training template. The modes differ in what the
+program says between the model's turns; tasks.py holds the training conversations the model
+learned its flows from:
+
+    enrich    user: vague prompt
+              model (as trained): rich caption (Keywords / Layout / Description) <|eot|> audio <|eos|>
+    dialogue  user: "Ask me about it first. <vague prompt>"
+              model: a question <|eos|>, answered from --answers or the terminal, and again,
+              until a turn holds audio: rich caption <|eot|> audio <|eos|>
+    reflect   user: "Generate audio for this caption. <caption>"
+              model: plan (a rich caption) <|eot|> audio <|eos|>
+              then each round, the user turn is that audio heard (codec decode, then the
+              frozen encoder, as it hears any audio) and the model writes the caption of what
+              it heard <|eot|> the critique "Plan: .. Heard: .. Problem: .." and then either
+              <|eos|> (nothing to fix: done) or <|eot|> a corrected audio <|eos|>, which the
+              next round hears in place of the first; at most --rounds rounds.
 
 Training has one critique per conversation, so every round replays that template with the
-latest audio as the first attempt. Every step is printed as it comes; audio steps are
-written to --out/stepN.wav (48 kHz stereo through the VAE unless --no_vae).
+latest audio as the first attempt. Every step is printed as it comes, with the modality the
+model chose and the END it wrote; audio steps are written to --out/stepN.wav (48 kHz stereo
+through the VAE unless --no_vae).
 """
 
 import argparse
@@ -33,14 +48,16 @@ import torch
 
 import tasks
 from codec import FRAME_RATE
-from model import AUDIO, N_STREAMS, TEXT
-from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio
+from model import AUDIO, EOS, EOT, N_STREAMS, TEXT
+from sample import (audible, audio_rows, choose_end, choose_modality, decode_text, generate_audio, generate_text,
+                    listen, load_runtime, prefix, to_wave, write_audio)
 from utils import fail
 
 MODES = ("enrich", "dialogue", "reflect")
 ANSWER_SEP = "|"  # not ';': the toy world's detail answers contain it ('a low bell; two drum hits')
-MAX_QUESTIONS = 5  # questions before the caption is forced: room above the 3 the training dialogues ask at most
-CAPTION_START = "Keywords:"  # a rich caption, not a question
+MAX_QUESTIONS = 5  # dialogue: turns without audio before the program gives up; the training dialogues ask 3 at most
+MAX_SEGMENTS = 4  # segments of one turn before the program cuts it; the longest training turn has 3
+END_NAMES = {EOT: "<|eot|>", EOS: "<|eos|>"}
 
 
 @dataclass
@@ -58,7 +75,8 @@ class Settings:
 
 class Chain:
     """The steps of one chain of thought and the model calls that write them. A step is
-    {"kind": "text", "role", "content"} or {"kind": "audio", "role", "path", "seconds", "codes"}."""
+    {"kind": "text", "role", "content"} or {"kind": "audio", "role", "path", "seconds", "codes"};
+    the assistant's steps also hold "end", the END the model wrote after them."""
 
     def __init__(self, rt, s):
         self.rt, self.s, self.steps = rt, s, []
@@ -69,10 +87,12 @@ class Chain:
         self.steps.append(step)
         if self.s.echo:
             n, who = len(self.steps), step["role"]
+            if who == "assistant":
+                who = f"assistant ({step['kind']}, then {END_NAMES[step['end']]})"
             if step["kind"] == "text":
                 print(f"[{n}] {who}: " + step["content"].replace("\n", "\n" + " " * (len(str(n)) + len(who) + 5)))
             else:
-                verb = "writes audio" if who == "assistant" else "hears"
+                verb = "wrote" if step["role"] == "assistant" else "hears"
                 print(f"[{n}] {who} {verb}: {step['path']} ({step['seconds']:.2f} s)")
 
     def said(self, text):
@@ -80,15 +100,36 @@ class Chain:
         self.add({"kind": "text", "role": "user", "content": text})
         return {"role": "user", "text": text}
 
+    def turn(self, messages):
+        """The assistant's turn after messages: at each <|assistant|> the model picks the
+        modality, writes the segment and its END, until that END is <|eos|> -> the turn's messages."""
+        new = []
+        for _ in range(MAX_SEGMENTS):
+            rows, feats = self._prefix(messages + new, None, 1)
+            write = self.write_text if choose_modality(self.rt.model, rows, feats) == TEXT else self.write_audio
+            message, end = write(messages + new)
+            new.append(message)
+            if end == EOS:
+                return new
+        raise ValueError(f"the model wrote {MAX_SEGMENTS} segments in one turn without ending it; try another "
+                         "--seed or checkpoint")
+
     def write_text(self, messages):
-        """The model's next text segment (greedy) -> its message."""
+        """The model's next text segment (greedy) -> (its message, its END)."""
         rows, feats = self._prefix(messages, TEXT, self.s.max_text_tokens)
-        text = decode_text(self.rt.tok, generate_text(self.rt.model, rows, feats, self.s.max_text_tokens)).strip()
-        self.add({"kind": "text", "role": "assistant", "content": text})
-        return {"role": "assistant", "text": text}
+        ids = generate_text(self.rt.model, rows, feats, self.s.max_text_tokens)
+        end = ids[-1] if ids and ids[-1] in END_NAMES else None
+        if end is None:  # max_text_tokens ran out first: the END the model would write there
+            written = torch.zeros(len(ids), N_STREAMS, dtype=torch.long)
+            written[:, 0] = torch.tensor(ids, dtype=torch.long)
+            end = choose_end(self.rt.model, torch.cat([rows, written]), feats)
+        text = decode_text(self.rt.tok, ids).strip()
+        self.add({"kind": "text", "role": "assistant", "content": text, "end": end})
+        return {"role": "assistant", "text": text}, end
 
     def write_audio(self, messages):
-        """The model's next audio segment (CFG sampling), written to out/stepN.wav -> its message."""
+        """The model's next audio segment (CFG sampling), written to out/stepN.wav -> (its
+        message, its END: read after the audio's last delay row, where training puts it)."""
         max_frames = int(self.s.max_seconds * FRAME_RATE)
         rows, feats = self._prefix(messages, AUDIO, max_frames + N_STREAMS)
         codes = generate_audio(self.rt.model, rows, feats, cfg_scale=self.s.cfg, temperature=self.s.temperature,
@@ -96,10 +137,11 @@ class Chain:
                                progress=self.s.echo)[0]
         if codes.shape[1] == 0:
             raise ValueError("the model ended its audio before the first frame; try another --seed")
+        end = choose_end(self.rt.model, torch.cat([rows, audio_rows(self.rt.model, codes)]), feats)
         path = os.path.join(self.s.out, f"step{len(self.steps) + 1}.wav")
         seconds = write_audio(self.rt, codes, path, vae=self.s.vae)
-        self.add({"kind": "audio", "role": "assistant", "path": path, "seconds": seconds, "codes": codes})
-        return {"role": "assistant", "codes": codes}
+        self.add({"kind": "audio", "role": "assistant", "path": path, "seconds": seconds, "codes": codes, "end": end})
+        return {"role": "assistant", "codes": codes}, end
 
     def hear(self):
         """The model listens to its latest audio: codec decode to 16 kHz, then the encoder -> a user message."""
@@ -120,44 +162,58 @@ class Chain:
         return rows, feats
 
 
+def last_audio(turn):
+    """The index of a turn's last audio; a turn that wrote none is an error: these modes are
+    there to make a sound."""
+    found = [i for i, m in enumerate(turn) if "codes" in m]
+    if not found:
+        raise ValueError("the model ended its turn without writing audio; try another --seed or checkpoint")
+    return found[-1]
+
+
 def enrich(rt, prompt, s=Settings()):
-    """Vague prompt -> rich caption -> audio (tasks.enrich) -> the list of steps."""
+    """Vague prompt -> the model's turn (trained as: rich caption <|eot|> audio <|eos|>; see
+    tasks.enrich) -> the list of steps."""
     c = Chain(rt, s)
-    msgs = [c.said(prompt)]
-    msgs.append(c.write_text(msgs))
-    c.write_audio(msgs)
+    last_audio(c.turn([c.said(prompt)]))
     return c.steps
 
 
 def dialogue(rt, prompt, reply, s=Settings()):
-    """Vague prompt -> questions, each answered by reply(question) -> rich caption -> audio
-    (tasks.dialogue) -> the list of steps. e.g. reply = dict(tasks.dialogue_turns(row)).get."""
+    """Vague prompt -> the model's turns, each turn without audio (a question) answered by
+    reply(its text), until a turn holds audio (trained as: questions, then rich caption
+    <|eot|> audio; see tasks.dialogue) -> the list of steps. e.g. reply = dict(tasks.dialogue_turns(row)).get."""
     c = Chain(rt, s)
     msgs = [c.said(tasks.DIALOGUE_PROMPT + prompt)]
     for asked in range(MAX_QUESTIONS + 1):
-        msgs.append(c.write_text(msgs))
-        if msgs[-1]["text"].startswith(CAPTION_START) or asked == MAX_QUESTIONS:
-            break  # the rich caption (or the last text the question limit allows)
-        msgs.append(c.said(reply(msgs[-1]["text"])))
-    c.write_audio(msgs)
-    return c.steps
+        turn = c.turn(msgs)
+        msgs += turn
+        if any("codes" in m for m in turn):
+            return c.steps  # the sound is written: the dialogue is over
+        if asked < MAX_QUESTIONS:
+            msgs.append(c.said(reply(turn[-1]["text"])))
+    raise ValueError(f"the model asked {MAX_QUESTIONS + 1} times without writing the audio; answer more "
+                     "precisely or try another checkpoint")
 
 
 def reflect(rt, caption, rounds, s=Settings()):
-    """Caption -> plan -> audio, then up to `rounds` times: hear it, critique it, and when the
-    critique names a problem, a corrected audio (tasks.reflect) -> the list of steps."""
+    """Caption -> plan and audio (the model's first turn), then up to `rounds` times: the
+    program lets the model hear its latest audio, and the model's turn (trained as: heard
+    caption <|eot|> critique, then <|eos|> or <|eot|> corrected audio; see tasks.reflect)
+    either ends in text (nothing to fix: stop) or holds a new audio, heard next round -> the
+    list of steps."""
     if rounds < 1:
         raise ValueError(f"--rounds is {rounds}; give at least 1")
     c = Chain(rt, s)
     start = [c.said(tasks.TTA_PROMPT + caption)]
-    start.append(c.write_text(start))  # the plan
-    attempt = c.write_audio(start)
+    turn = c.turn(start)
+    i = last_audio(turn)
+    start, attempt = start + turn[:i], turn[i]  # the plan, then the audio each round replaces
     for _ in range(rounds):
-        msgs = start + [attempt, c.hear()]
-        msgs.append(c.write_text(msgs))  # the critique
-        if tasks.NO_PROBLEM in msgs[-1]["text"]:
-            break
-        attempt = c.write_audio(msgs)
+        turn = c.turn(start + [attempt, c.hear()])
+        if not any("codes" in m for m in turn):
+            break  # its turn ended in text: the critique found nothing to fix
+        attempt = turn[last_audio(turn)]
     return c.steps
 
 

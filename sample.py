@@ -14,7 +14,8 @@ logits = g * cond + (1 - g) * uncond. Each codebook samples from its own interva
 (temperature, top-k); the delay pattern decides which cells are forced to pad; the
 frame stream ends when codebook 0 samples its pad, and 7 steps later all codebooks
 have finished. The codes are reverted, decoded by the codec and lifted to 48 kHz
-stereo by the VAE.
+stereo by the VAE. A clip longer than the context holds is written in windows that each
+keep the caption and continue from the last seconds of audio (generate_windows).
 """
 
 import argparse
@@ -25,12 +26,13 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from checkpoint import load_ckpt, module_from
 from clap import Clap
 from codec import FRAME_RATE, HOP, SAMPLE_RATE, Codec
 from data import load_audio
 from encoder import MIN_SAMPLES
-from model import (ASSISTANT, AUDIO, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig, compile_step,
-                   sample_next)
+from model import (ASSISTANT, AUDIO, DTYPES, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig,
+                   compile_step, sample_next)
 from sequences import build, delay_cells, delay_pattern, undelay_pattern
 from tokenizer import QwenTokenizer, SPTokenizer
 from utils import fail
@@ -48,28 +50,23 @@ class Runtime:
     device: str
 
 
-def load_runtime(ckpt, need_vae=True, device="cpu"):
-    """runs/sft.pt -> Runtime with the tokenizer, codec.pt, clap.pt and vae.pt beside it."""
+def load_runtime(ckpt, need_vae=True, device="cpu", dtype=None):
+    """runs/sft.pt -> Runtime with the tokenizer, codec.pt, clap.pt and vae.pt beside it. dtype:
+    the LM's weights and KV cache (None: as saved, fp32); its logits are read in fp32."""
     folder = os.path.dirname(os.path.abspath(ckpt))
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"{ckpt}: no such checkpoint; train one with `python train.py --stage all` "
                                 "or pass --ckpt")
-    try:
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model = UALM(UALMConfig(**ck["config"]))
-        model.load_state_dict(ck["model"])
-    except Exception as e:
-        raise ValueError(f"{ckpt}: not a UALM checkpoint written by train.py ({type(e).__name__})") from None
+    how = "python train.py --stage all"
+    ck = load_ckpt(ckpt, "UALM", how)
+    model = module_from(UALM, UALMConfig, ck, ckpt, how)
     init_from = ck["args"].get("init_from")
     tok = QwenTokenizer.from_pretrained(init_from) if init_from else SPTokenizer.from_pretrained(
         os.path.join(folder, "tokenizer"))
     codec = Codec.from_checkpoint(os.path.join(folder, "codec.pt"))
-    clap_path = os.path.join(folder, "clap.pt")
-    if not os.path.isfile(clap_path):
-        raise FileNotFoundError(f"{clap_path}: not found; run `python train.py --stage clap`")
-    clap = Clap.from_checkpoint(torch.load(clap_path, map_location="cpu", weights_only=False))
+    clap = Clap.from_checkpoint(os.path.join(folder, "clap.pt"))
     vae = EnhanceVAE.from_checkpoint(os.path.join(folder, "vae.pt")).to(device) if need_vae else None
-    return Runtime(model.eval().to(device), tok, codec.eval().to(device), clap.to(device), vae, device)
+    return Runtime(model.eval().to(device, dtype), tok, codec.eval().to(device), clap.to(device), vae, device)
 
 
 @torch.no_grad()
@@ -222,10 +219,68 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
     return [undelay_pattern(delayed[i:i + 1, :, :int(end[i]) + N_STREAMS - 1])[0] for i in range(m)]
 
 
+KEEP_SECONDS = 5.0  # audio each window past the first carries over from the one before: what it continues from
+
+
+def window_room(model, rows):
+    """Frames one generate_audio call may hold after the longest prompt of rows (a prompt
+    (L, 8) or a list): the context less the prompt and N_STREAMS rows (the delay pattern's
+    last 7 rows and the END after them). e.g. context 4096, a 30-row prompt -> 4058."""
+    prompts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+    return model.lm.cfg.max_position_embeddings - max(len(p) for p in prompts) - N_STREAMS
+
+
+@torch.no_grad()
+def generate_windows(model, rows, feats=None, n=1, max_frames=500, prompt_codes=None, progress=False, **kw):
+    """generate_audio for clips of any length: the same arguments and result, n codes (8, T_i)
+    per prompt, T_i <= max_frames, also where max_frames is more than the context holds.
+
+    When max_frames fits in window_room, this is one generate_audio call. Otherwise the clips
+    are written in windows, each a generate_audio call of at most window_room frames: the
+    first for all the rows at once, then each clip that has not ended alone, window after
+    window. A window's prompt is the clip's caption (its conversation prefix) and its audio
+    starts with the last `keep` frames written so far (prompt_codes: laid under the delay
+    pattern, so the model sees them as its own history), keep = KEEP_SECONDS of frames or
+    half the room when that is less; the frames it writes after them are appended. So every
+    frame of a seam is the one the previous window wrote. A clip ends when a window ends by
+    itself (codebook 0's pad) or at max_frames. --continue's clip is the audio written so far.
+    e.g. room 36, keep 18, max_frames 100: windows of 36, then 18 kept + 18 new, three
+    times, then 18 kept + 10 new.
+    """
+    room = window_room(model, rows)
+    if max_frames <= room:
+        return generate_audio(model, rows, feats, n, max_frames=max_frames, prompt_codes=prompt_codes,
+                              progress=progress, **kw)
+    if room < 2:
+        raise ValueError(f"the prompt leaves {max(room, 0)} frame(s) of the context for audio; windows need 2")
+    keep = min(int(KEEP_SECONDS * FRAME_RATE), room // 2)
+    prompts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+    feats = list(feats) if isinstance(feats, (list, tuple)) else [feats] * len(prompts)
+    done = torch.zeros(N_STREAMS, 0, dtype=torch.long) if prompt_codes is None else prompt_codes.long().cpu()
+
+    def window(rows_, feats_, m, written):
+        """One window after `written` (8, t) frames -> (the frames it adds, has it ended by itself)."""
+        start = written[:, -keep:] if written.shape[1] else None
+        t0 = 0 if start is None else start.shape[1]
+        size = t0 + min(room - t0, max_frames - written.shape[1])
+        out = generate_audio(model, rows_, feats_, m, max_frames=size, prompt_codes=start, progress=progress, **kw)
+        return [(c[:, t0:].cpu(), c.shape[1] < size) for c in out]
+
+    clips = [(torch.cat([done, new], 1), ended) for new, ended in window(prompts, feats, n, done)]
+    for i, (codes, ended) in enumerate(clips):
+        while not ended and codes.shape[1] < max_frames:
+            [(new, ended)] = window(prompts[i // n], feats[i // n], 1, codes)  # this clip alone
+            codes = torch.cat([codes, new], 1)
+        clips[i] = codes
+    return clips
+
+
 @torch.no_grad()
 def generate_text(model, rows, feats=None, max_tokens=TEXT_TOKENS):
-    """Greedy: rows (L, 8) ending in <|assistant|> <|text|> -> token ids until <|eos|>/<|eot|>.
-    Stream 0 may only write text and special ids here (the audio intervals are masked)."""
+    """Greedy: rows (L, 8) ending in <|assistant|> <|text|> -> token ids up to and with the END
+    the model wrote, <|eot|> (its turn goes on) or <|eos|> (its turn is over); without one
+    when max_tokens ran out first. e.g. [ids of 'Keywords: bell', EOT]. decode_text drops
+    the END. Stream 0 may only write text and special ids here (the audio intervals are masked)."""
     device = model.lm.lm_head.weight.device
     L = rows.shape[0]
     model.setup_cache(1, L + max_tokens)
@@ -235,9 +290,9 @@ def generate_text(model, rows, feats=None, max_tokens=TEXT_TOKENS):
         logits = model.text_logits(h)[0]
         logits[model.cfg.audio_offset:] = float("-inf")
         t = int(logits.argmax())
+        out.append(t)
         if t in (EOS, EOT):
             break
-        out.append(t)
         row = torch.zeros(1, 1, N_STREAMS, dtype=torch.long, device=device)
         row[0, 0, 0] = t
         h = model(row, input_pos=torch.tensor([L + i], device=device))[:, -1]
@@ -248,12 +303,31 @@ def decode_text(tok, ids):
     return tok.decode([i - N_SPECIAL for i in ids if i >= N_SPECIAL])
 
 
+@torch.no_grad()
+def next_token_among(model, rows, feats, among):
+    """The id of `among` that stream 0 ranks highest after rows (L, 8): the argmax of one
+    full forward, restricted to those ids. e.g. among (TEXT, AUDIO) after <|assistant|>."""
+    device = model.lm.lm_head.weight.device
+    logits = model.text_logits(model(rows[None].to(device), feats)[:, -1])[0]
+    return max(among, key=lambda t: float(logits[t]))
+
+
 def choose_modality(model, rows, feats=None):
     """The token after <|assistant|> is chosen by argmax between <|text|> and <|audio|>."""
-    device = model.lm.lm_head.weight.device
-    h = model(rows[None].to(device), feats)[:, -1]
-    logits = model.text_logits(h)[0]
-    return TEXT if logits[TEXT] >= logits[AUDIO] else AUDIO
+    return next_token_among(model, rows, feats, (TEXT, AUDIO))
+
+
+def choose_end(model, rows, feats=None):
+    """The END of a segment the model did not end itself: after its audio's last delay row
+    (generate_audio stops there), or after text cut at max_tokens: the argmax between
+    <|eot|> (another segment of the same turn follows) and <|eos|> (the turn is over)."""
+    return next_token_among(model, rows, feats, (EOT, EOS))
+
+
+def audio_rows(model, codes):
+    """codes (8, T) -> the (T + 7, 8) rows they take in a conversation: the delay pattern
+    in unified ids, as sequences.build lays out audio (the rows that precede its END)."""
+    return model.cfg.audio_ids(delay_pattern(codes[None].long().cpu())[0]).T
 
 
 def main():
@@ -271,7 +345,9 @@ def main():
     p.add_argument("--top_k", type=int, default=20, help="sample among the k likeliest codes, 1 or more")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
-    p.add_argument("--max_seconds", type=float, default=10.0, help="the longest clip, in seconds (more than 0)")
+    p.add_argument("--max_seconds", type=float, default=10.0,
+                   help="the longest clip, in seconds (more than 0); longer than the context holds, it is written "
+                        f"in windows, each continuing from the last {KEEP_SECONDS:g} s of the one before")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="CLIP",
                    help="an audio file (any rate and channels) whose codes start the audio: the written file is "
                         "the clip followed by what the model writes after it")
@@ -280,6 +356,8 @@ def main():
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame step (slow first call)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="the LM's weights while sampling: auto is bf16 on CUDA, fp32 on CPU")
     args = p.parse_args()
     for bad, why in ((args.cfg < 0, f"--cfg {args.cfg:g}: give a guidance scale of 0 or more (1 = off, 3 = default)"),
                      (args.temperature < 0, f"--temperature {args.temperature:g}: give 0 (greedy) or more"),
@@ -287,6 +365,7 @@ def main():
                      (args.num_samples < 1, f"--num_samples {args.num_samples}: give 1 or more"),
                      (args.batch_size < 1, f"--batch_size {args.batch_size}: give 1 or more"),
                      (not args.max_seconds > 0, f"--max_seconds {args.max_seconds:g}: give a length above 0"),
+                     (args.max_seconds == float("inf"), "--max_seconds inf: give a finite number of seconds"),
                      (os.path.splitext(args.out)[1].lower() not in AUDIO_FORMATS,
                       f"--out {args.out}: name a .wav or .flac file")):
         if bad:
@@ -307,7 +386,9 @@ def main():
     elif not args.prompt or not args.prompt.strip():
         fail("--prompt is empty; give a caption (or a question with --audio or --text)")
     try:
-        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text), device=args.device)
+        dtype = DTYPES.get(args.dtype, torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+        rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text), device=args.device,
+                          dtype=dtype)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     torch.manual_seed(args.seed)
@@ -326,16 +407,18 @@ def main():
         return
     from tasks import TTA_PROMPT
     batch = [prefix([{"role": "user", "text": TTA_PROMPT + text}], rt.tok, rt.model.cfg, AUDIO)[0] for text in prompts]
-    context = rt.model.lm.cfg.max_position_embeddings
+    context, max_frames = rt.model.lm.cfg.max_position_embeddings, int(args.max_seconds * FRAME_RATE)
     for j, rows in enumerate(batch):  # every prompt checked before the first is generated
-        room = (context - rows.shape[0] - N_STREAMS) / FRAME_RATE  # seconds of frames the context holds after it
+        room = window_room(rt.model, rows)  # frames the context holds after it
         where = f"line {j + 1} of {args.prompts_file}" if args.prompts_file else "the prompt"
-        if room < 1 / FRAME_RATE:
+        if room < 2:
             fail(f"{where} is {rows.shape[0]} tokens, which leaves no room for audio in the context of "
                  f"{context}; shorten it")
-        if args.max_seconds > room:
-            fail(f"--max_seconds {args.max_seconds:g} is more than the context holds after {where} "
-                 f"({room:.1f} s at most); lower it")
+    room = window_room(rt.model, batch)
+    if max_frames > room:
+        keep = min(KEEP_SECONDS, room // 2 / FRAME_RATE)
+        print(f"--max_seconds {args.max_seconds:g} is more than the context holds ({room / FRAME_RATE:.2f} s): "
+              f"writing in windows, each continuing from the last {keep:.2f} s of the one before")
     stem, ext = os.path.splitext(args.out)
     start = None
     if args.continue_from:  # the clip's codes start every sample's audio
@@ -344,14 +427,14 @@ def main():
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         start = rt.codec.encode(wav[None].to(rt.device))[0].cpu()
-        if start.shape[1] >= args.max_seconds * FRAME_RATE:
+        if start.shape[1] >= max_frames:
             fail(f"{args.continue_from} lasts {wav.shape[0] / SAMPLE_RATE:.2f} s, not less than --max_seconds "
                  f"{args.max_seconds:g}; raise --max_seconds to leave room for the continuation")
     for first in range(0, len(batch), args.batch_size):
         chunk = batch[first:first + args.batch_size]
-        codes = generate_audio(rt.model, chunk, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
-                               top_k=args.top_k, max_frames=int(args.max_seconds * FRAME_RATE), generator=g,
-                               prompt_codes=start, progress=True, step=step)
+        codes = generate_windows(rt.model, chunk, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+                                 top_k=args.top_k, max_frames=max_frames, generator=g, prompt_codes=start,
+                                 progress=True, step=step)
         for c_i, c in enumerate(codes):
             j, i = first + c_i // args.num_samples, c_i % args.num_samples
             tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if args.num_samples > 1 else [])

@@ -17,8 +17,8 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
                  the caption is complete, then assistant: "<rich caption>", assistant: audio
                  (the instruction tells it from enrich, which begins the same way)
     reflect      user: caption -> assistant: plan (rich caption), first audio (out of the
-                 loss when flawed), user: that audio heard, assistant: critique, and, when
-                 the critique found a problem, assistant: corrected audio
+                 loss when flawed), user: that audio heard, assistant: the caption of what
+                 it heard, the critique, and, when the critique found a problem, corrected audio
 """
 
 import os
@@ -94,16 +94,20 @@ def dialogue(row, A):
 
 
 def reflect(item, A, flawed=True):
-    """A reflection.jsonl item. flawed=True: the first audio is the flawed clip (kept out of
-    the loss: the model must not learn to make it), the critique names the flaw, the clip
-    is generated again. flawed=False: the first audio is right and the critique says so."""
+    """A reflection.jsonl item. The model hears its first audio, writes the caption of what
+    it heard (the paper's re-captioning), then the critique of that against the plan.
+    flawed=True: the first audio is the flawed clip (kept out of the loss: the model must
+    not learn to make it), it is heard as the flawed caption, the critique names the flaw
+    and ends with <|eot|>, and the clip is generated again. flawed=False: the first audio is
+    right, heard as the caption, and the critique says so and ends the turn (<|eos|>)."""
     first = item["location"] if flawed else item["reference"]
+    heard = item["flawed_caption"] if flawed else item["caption"]
     msgs = [{"role": "user", "text": TTA_PROMPT + item["caption"]},
             {"role": "assistant", "text": item["rich_caption"]},
             {"role": "assistant", "codes": A["codes"][first], "loss": not flawed},
-            {"role": "user", "feats": A["feats"][first]}]
+            {"role": "user", "feats": A["feats"][first]},
+            {"role": "assistant", "text": heard}]
     if not flawed:
-        heard = item["caption"]
         return msgs + [{"role": "assistant", "text": f"Plan: {heard} Heard: {heard} {NO_PROBLEM}"}]
     return msgs + [{"role": "assistant", "text": item["critique"]},
                    {"role": "assistant", "codes": A["codes"][item["reference"]]}]

@@ -22,7 +22,6 @@ under torchrun it trains with DDP, or FSDP2 with --fsdp.
 import argparse
 import json
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -41,13 +40,13 @@ import clap as clap_lib
 import codec as codec_lib
 import tasks
 import vae as vae_lib
-from checkpoint import load_ckpt
+from checkpoint import load_ckpt, load_module, optimizer_state, optimizer_tensors, save_checkpoint, save_ckpt
 from data import SerialPool, load_audio
 from dpo import train_dpo
-from model import N_SPECIAL, PRESETS, UALM, UALMConfig
+from model import DTYPES, N_SPECIAL, PRESETS, UALM, UALMConfig
 from sequences import build, cfg_dropout, collate, loss_sums, n_loss_positions, pack
 from tasks import generation_clips, get_tokenizer, lm_data
-from utils import atomic_path, fail, learning_rate, save_atomic
+from utils import atomic_path, fail, learning_rate
 
 STAGES = ["codec", "vae", "clap", "gen", "align", "pretrain", "sft", "dpo"]
 LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain",  # stage: the one it starts from
@@ -109,7 +108,7 @@ def stage_clap(args):
     train, held = generation_clips(args)
     clips = [(mono(r), r) for r in tqdm(train, desc="clap: loading clips")]
     model = clap_lib.train_clap(clips, tok, args.clap_steps, args.clap_lr, args.clap_batch, args.seed)
-    save_atomic(model.checkpoint(), os.path.join(args.out, "clap.pt"))
+    save_checkpoint(os.path.join(args.out, "clap.pt"), model, args.clap_steps)
     r = clap_lib.evaluate_clap(model, [(mono(r), r) for r in held], tok)
     print(f"clap on {len(held)} held-out clips: audio->caption top-1 retrieval {100 * r['top1']:.1f}% "
           f"(chance {100 / len(held):.1f}%), mean CLAP score of true pairs {r['true_pairs']:.3f}; "
@@ -126,7 +125,7 @@ def _load_ears(out, one_thread=True):
     if one_thread:  # one process per core beats two threads on these small convs
         torch.set_num_threads(1)
     _EARS["codec"] = codec_lib.Codec.from_checkpoint(os.path.join(out, "codec.pt"))
-    _EARS["clap"] = clap_lib.Clap.from_checkpoint(load_ckpt(os.path.join(out, "clap.pt"), "clap"))
+    _EARS["clap"] = clap_lib.Clap.from_checkpoint(os.path.join(out, "clap.pt"))
 
 
 @torch.no_grad()
@@ -137,13 +136,14 @@ def _cache_clip(path):
 
 
 def audio_cache(args, data):
-    """Codec codes and encoder frames of every clip, computed once (one process per core): runs/cache.pt."""
+    """Codec codes and encoder frames of every clip, computed once (one process per core):
+    runs/cache.pt, {"codes": {path: (8, T) int16}, "feats": {path: (T25, d) fp16}}."""
     path = os.path.join(args.out, "cache.pt")
     if os.path.isfile(path):
-        return torch.load(path)
+        return load_ckpt(path, "audio cache", f"python train.py --stage {args.stage}")
     paths = sorted({r["location"] for r in data["tta"][0] + data["tta"][1]}
                    | {r["location"] for part in data["reflect"] for r in part})
-    cache = {"codes": {}, "feats": {}}
+    cache = {"kind": "audio cache", "codes": {}, "feats": {}}
     workers = min(os.cpu_count() or 1, 8)
     with Pool(workers, initializer=_load_ears, initargs=(args.out,)) if workers > 1 else SerialPool() as pool:
         if workers == 1:
@@ -151,7 +151,7 @@ def audio_cache(args, data):
         for p, codes, feats in tqdm(pool.imap(_cache_clip, paths, chunksize=16), total=len(paths),
                                     desc="caching codec codes and encoder frames"):
             cache["codes"][p], cache["feats"][p] = codes, feats
-    save_atomic(cache, path)
+    save_ckpt(path, cache)
     return cache
 
 
@@ -209,10 +209,8 @@ def lm_model(args, tok, audio_dim):
     """A fresh toy model, a Qwen2.5 checkpoint extended, or the previous stage's weights."""
     prev = LM_STAGES[args.stage]
     if prev:
-        ckpt = load_ckpt(os.path.join(args.out, f"{prev}.pt"), prev)
-        model = UALM(UALMConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        return model
+        return load_module(UALM, UALMConfig, os.path.join(args.out, f"{prev}.pt"), f"python train.py --stage {prev}",
+                           stage=prev).train()
     if args.init_from:
         return UALM.from_qwen(args.init_from, audio_dim)
     torch.manual_seed(args.seed)  # the same init whether or not this run built the cache (building draws)
@@ -304,7 +302,10 @@ def fit(args, model, stream, held):
     path, log_path = os.path.join(args.out, f"{args.stage}.pt"), os.path.join(args.out, f"{args.stage}.log.jsonl")
     step, state, log, ck = 0, (0, []), [], None
     if args.resume:  # main() has checked that the checkpoint exists
-        ck = load_ckpt(path, args.stage)
+        ck = load_ckpt(path, "UALM", f"python train.py --stage {args.stage}", args.stage)
+        if ck["config"] != asdict(model.cfg):
+            raise ValueError(f"{path} holds a model of another shape than this run's; resume with the arguments "
+                             "it was started with (--preset, --init_from, --vocab_size), or drop --resume")
         model.load_state_dict(ck["model"])
         step, state, log = ck["step"], ck["data_state"], ck["log"]
         torch.set_rng_state(ck["rng"])
@@ -313,12 +314,17 @@ def fit(args, model, stream, held):
     params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP swaps in sharded ones
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     if ck is not None:
-        load_optimizer(args, model, opt, ck["optimizer"])
-    bf16 = device.startswith("cuda") or args.cpu_bf16
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+        load_optimizer(args, model, opt, optimizer_state(ck["optimizer"], ck["param_groups"]))
+    dtype = autocast_dtype(args)
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else nullcontext()
+    # fp16 has 5 exponent bits: the loss is scaled up before backward so small gradients do not
+    # flush to zero, and unscaled before clipping; a step whose gradients overflowed is skipped
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+    model.lm.model.checkpointing = args.checkpointing
     if args.compile:
         net = torch.compile(net)
     bar = tqdm(range(step, args.steps), desc=args.stage, initial=step, total=args.steps, disable=rank > 0)
+    start = time.time() - (log[-1].get("time", 0.0) if log else 0.0)  # training seconds so far, across resumes
     for step in bar:
         t0 = time.time()
         for g in opt.param_groups:
@@ -334,47 +340,68 @@ def fit(args, model, stream, held):
             sync = nullcontext() if world == 1 or args.fsdp or i == len(mine) - 1 else net.no_sync()
             with sync, autocast:
                 r = net(to_device(b, device))
-            (r["sum"] * world / n).backward()  # DDP averages over ranks; * world makes it the sum
+            scaler.scale(r["sum"] * world / n).backward()  # DDP averages over ranks; * world makes it the sum
             stats += torch.cat([(r["sum"] / n).detach().float().cpu()[None], r["codebooks"].detach().float().cpu(),
                                 torch.tensor([float(r["frames"]), float((b["doc"] >= 0).sum())])])
         if world > 1:
             dist.all_reduce(stats)
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         row = {"step": step + 1, "loss": stats[0].item(), "tok_s": stats[10].item() / (time.time() - t0),
                "fill": stats[10].item() / (len(batches) * args.rows * args.budget),
-               "ce_codebooks": (stats[1:9] / stats[9].clamp(min=1)).tolist()}
+               "ce_codebooks": (stats[1:9] / stats[9].clamp(min=1)).tolist(), "time": time.time() - start}
         if rank == 0 and args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             row["eval_loss"] = evaluate(model, held, args, device, autocast)
         log.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tok_s']:.0f}", **(
             {"eval": f"{row['eval_loss']:.3f}"} if "eval_loss" in row else {}))
-        if (step + 1) % args.save_every == 0 or step + 1 in (args.steps, args.stop_at):
+        keep = args.keep_every and (step + 1) % args.keep_every == 0
+        if keep or (step + 1) % args.save_every == 0 or step + 1 in (args.steps, args.stop_at):
             model_state, opt_state = full_state(args, model, opt)
-            ck = {"model": model_state, "optimizer": opt_state, "config": asdict(model.cfg),
-                  "args": vars(args), "step": step + 1, "data_state": state, "rng": torch.get_rng_state(), "log": log}
             if rank == 0:
-                save_atomic(ck, path)
+                opt_tensors, param_groups = optimizer_tensors(opt_state)
+                ck = {"kind": "UALM", "stage": args.stage, "config": asdict(model.cfg), "args": vars(args),
+                      "step": step + 1, "model": model_state, "optimizer": opt_tensors, "param_groups": param_groups,
+                      "data_state": state, "rng": torch.get_rng_state(), "log": log}
+                save_ckpt(path, ck)
                 with atomic_path(log_path) as tmp, open(tmp, "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in log)
+                if keep:  # a learning curve's point: the weights alone, beside the stage's checkpoint
+                    save_ckpt(os.path.join(args.out, f"{args.stage}_step{step + 1:06d}.pt"),
+                              {k: ck[k] for k in ("kind", "stage", "config", "args", "step", "model")})
         if step + 1 == args.stop_at:
             break
     if world > 1:
         dist.destroy_process_group()
 
 
+def autocast_dtype(args):
+    """--dtype -> the autocast dtype of the forward pass (weights and optimizer stay fp32):
+    auto is bf16 on CUDA and fp32 on CPU; fp16 is for GPUs without bf16 (it needs a GradScaler)."""
+    if args.dtype == "auto":
+        return torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    return DTYPES[args.dtype]
+
+
 def full_state(args, model, opt):
-    """Whole model and optimizer states on CPU (under FSDP every rank gathers its shards)."""
+    """Whole model and optimizer states (under FSDP every rank gathers its shards, onto the CPU);
+    save_ckpt keeps the optimizer's tensors in a section and its param_groups as JSON
+    (checkpoint.optimizer_tensors)."""
     if args.fsdp and dist.is_initialized():
         o = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=o), get_optimizer_state_dict(model, opt, options=o)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, opt.state_dict()
+    return model.state_dict(), opt.state_dict()  # tied tensors stay one tensor: save_ckpt writes them once
 
 
 def load_optimizer(args, model, opt, state):
+    """The inverse of full_state's optimizer half. A parameter that never had a gradient (the
+    adapter in gen, where no audio is heard) has no state saved: strict=False lets FSDP load the
+    others and leave it without state, as opt.load_state_dict does."""
     if args.fsdp and dist.is_initialized():
-        o = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        o = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False, strict=False)
         set_optimizer_state_dict(model, opt, optim_state_dict=state, options=o)
     else:
         opt.load_state_dict(state)
@@ -464,14 +491,18 @@ def main():
     g.add_argument("--grad_accum", type=int, default=1)
     g.add_argument("--eval_every", type=int, default=100)
     g.add_argument("--save_every", type=int, default=100)
+    g.add_argument("--keep_every", type=int, default=0,
+                   help="also keep the weights every N steps as STAGE_stepN.pt (a learning curve: curve.py)")
     g.add_argument("--stop_at", type=int, default=None, help="stop after this step (a time-boxed or interrupted run)")
     g.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (one graph: packed samples kept apart by a dense mask); meant "
                         "for GPUs, where one graph saves many kernel launches")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    g.add_argument("--cpu_bf16", action="store_true",
-                   help="bf16 autocast on CPU as well (on CUDA it is always on); pays on CPUs with AVX512_BF16 or AMX")
+    g.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="autocast dtype of the forward pass: auto is bf16 on CUDA, fp32 on CPU; fp16 scales the loss")
+    g.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing: keep only each block's input and recompute the block in the backward pass (less memory, more time)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.steps is None and args.stage != "all":

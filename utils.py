@@ -9,8 +9,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 
 def fail(msg):
     """One clear sentence on stderr and a non-zero exit, no traceback: how every script
@@ -25,8 +23,8 @@ def atomic_path(path):
     onto `path` in one step (os.replace), so a crash never leaves half a file where the last
     good one was. The folder is made if it is missing.
 
-        with atomic_path("runs/gen.pt") as tmp:
-            torch.save(state, tmp)
+        with atomic_path("runs/gen.log.jsonl") as tmp, open(tmp, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in log)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +35,6 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def save_atomic(obj, path):
-    """torch.save through atomic_path."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def learning_rate(step, steps, peak, warmup=20):

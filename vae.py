@@ -219,7 +219,7 @@ class EnhanceVAE(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, config: VAEConfig | None = None) -> "EnhanceVAE":
         """Load a VAE saved by save_checkpoint; with `config`, also check it equals the saved one."""
-        return load_module(cls, VAEConfig, path, config, "VAE", "python vae.py --out DIR")
+        return load_module(cls, VAEConfig, path, "python vae.py --out DIR", config)
 
 
 # ---------------------------------------------------------------------------------------

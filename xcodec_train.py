@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 import rvq
 from clap import N_TAGS, frame_tags
-from checkpoint import load_module
+from checkpoint import load_module, save_checkpoint
 from codec import Codec, evaluate_codec, spectral_losses, world_clips
 from toy.world import KEYWORDS
-from utils import fail, learning_rate, save_atomic
+from utils import fail, learning_rate
 from xcodec import PRESETS, SAMPLE_RATE, Hubert, ResidualVQ, XCodec, XCodecConfig
 
 # -----------------------------------------------------------------------------
@@ -301,15 +301,14 @@ def xcodec_losses(codec: XCodec, ema: QuantizerEMA, wav, n_q, recipe: TrainConfi
 
 
 def save_xcodec(path, codec: XCodec, step, recipe: TrainConfig):
-    """Write {config, model, step, recipe} atomically: the model's inference weights, the teacher's
-    included (the moving averages are not kept); load_xcodec rebuilds it."""
-    save_atomic({"config": asdict(codec.config), "model": codec.state_dict(), "step": step,
-                 "recipe": asdict(recipe)}, path)
+    """Write {kind, config, model, step, recipe} atomically (checkpoint.save_checkpoint): the model's
+    inference weights, the teacher's included (the moving averages are not kept); load_xcodec rebuilds it."""
+    save_checkpoint(path, codec, step, recipe=asdict(recipe))
 
 
 def load_xcodec(path, config: XCodecConfig | None = None) -> XCodec:
     """An XCodec saved by train_xcodec, in eval mode, or one clear error (checkpoint.load_module)."""
-    return load_module(XCodec, XCodecConfig, path, config, "xcodec", "python xcodec_train.py --out DIR")
+    return load_module(XCodec, XCodecConfig, path, "python xcodec_train.py --out DIR", config)
 
 
 def train_xcodec(out_dir, clips, config="toy", seed=0, minutes=None, steps=20_000, teacher=None, progress=True,

@@ -27,6 +27,7 @@ def run(script, argv, cwd):
     (["--num_samples", "0"], "--num_samples 0: give 1 or more"),
     (["--max_seconds", "0"], "--max_seconds 0: give a length above 0"),
     (["--max_seconds", "nan"], "--max_seconds nan: give a length above 0"),
+    (["--max_seconds", "inf"], "--max_seconds inf: give a finite number of seconds"),
     (["--out", "clip.mp3"], "name a .wav or .flac file"),
 ])
 def test_sample_flags_out_of_range(argv, says, tmp_path):

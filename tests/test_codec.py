@@ -15,6 +15,7 @@ import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, LOG_FLOOR, N_BINS, N_CODEBOOKS, N_FFT, RESOLUTIONS, SAMPLE_RATE,
                    Codec, CodecConfig, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint,
                    stft_frames, train_codec, world_clips)
+from checkpoint import load_ckpt, save_ckpt
 from sequences import delay_pattern
 from toy.analyzer import adherence, analyze
 from rvq import ResidualVQ
@@ -341,18 +342,18 @@ def test_bad_checkpoints_fail_clearly(tmp_path, trained):
     save_checkpoint(path, codec, step=1)
     with pytest.raises(ValueError, match="differs from the requested"):
         Codec.from_checkpoint(path, config=CodecConfig())
-    ckpt = torch.load(path, weights_only=True)
+    ckpt = load_ckpt(path, "Codec", "")
     ckpt["config"]["n_components"] = 16  # config no longer matches the weights
-    torch.save(ckpt, tmp_path / "edited.pt")
+    save_ckpt(tmp_path / "edited.pt", ckpt)
     with pytest.raises(ValueError, match="do not fit the saved config"):
         Codec.from_checkpoint(tmp_path / "edited.pt")
-    ckpt = torch.load(path, weights_only=True)
+    ckpt = load_ckpt(path, "Codec", "")
     del ckpt["config"]["semantic_share"]  # as a codec fitted before that field existed
-    torch.save(ckpt, tmp_path / "old.pt")
+    save_ckpt(tmp_path / "old.pt", ckpt)
     with pytest.raises(ValueError, match="older version of this code .* no semantic_share"):
         Codec.from_checkpoint(tmp_path / "old.pt")
     (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="not a readable codec checkpoint"):
+    with pytest.raises(ValueError, match="corrupt.pt is not a readable Codec checkpoint .*python codec.py --out DIR"):
         Codec.from_checkpoint(tmp_path / "corrupt.pt")
-    with pytest.raises(FileNotFoundError, match="no codec checkpoint"):
+    with pytest.raises(FileNotFoundError, match="missing.pt not found: run `python codec.py --out DIR`"):
         Codec.from_checkpoint(tmp_path / "missing.pt")

@@ -340,3 +340,31 @@ def test_sample_next_top_k_distribution():
     assert freq[[0, 2, 4]].sum() == 0
     torch.testing.assert_close(freq, want, atol=0.01, rtol=0)
     assert torch.equal(model_lib.sample_next(logits[:2]), torch.tensor([1, 1]))  # temperature 0: greedy
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """train.py --checkpointing recomputes each block in the backward pass: the loss and every
+    gradient equal the plain step's in fp32, with packed segments as training passes them."""
+    torch.manual_seed(0)
+    cfg = UALMConfig(text_size=50, audio_dim=0, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
+                                                              num_hidden_layers=3, num_attention_heads=4,
+                                                              num_key_value_heads=2, rope_theta=10000.0))
+    u = UALM(cfg)
+    grid = torch.randint(N_SPECIAL, N_SPECIAL + 50, (2, 12, N_STREAMS))
+    doc = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    grads, saved = [], []
+    for on in (False, True):
+        u.zero_grad()
+        u.lm.model.checkpointing = on
+        kept = []  # the tensors autograd keeps for the backward pass
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+            h = u(grid, segments=doc_segments(doc))
+        saved.append(sum(kept))
+        loss = u.text_logits(h).logsumexp(-1).mean()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in u.named_parameters() if p.grad is not None}))
+    assert saved[1] < saved[0] / 2  # checkpointed: the blocks' activations are not kept
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=0, rtol=0)
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 10
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, atol=1e-6, rtol=1e-5, msg=n)

@@ -232,16 +232,38 @@ def test_cli_writes_the_files_it_promises(tiny_run, tmp_path, monkeypatch, capsy
     assert np.abs(stereo - want).max() < 2e-3  # the mono file went through 16-bit PCM on its way here
 
 
+def test_cli_writes_past_the_context_in_windows(tiny_run, tmp_path, monkeypatch, capsys):
+    """--max_seconds past the context (cut here to 96 positions, so a window holds about a
+    second) is written in windows, says so, and the file is the requested length: whole
+    frames, 2 s, from the same seed the same file. The seams are checked code by code in
+    test_generate.py."""
+    import soundfile as sf
+    load = sample.load_runtime
+
+    def short_context(*a, **k):
+        rt = load(*a, **k)
+        rt.model.lm.cfg.max_position_embeddings = 96
+        return rt
+    monkeypatch.setattr(sample, "load_runtime", short_context)
+    args = ["--ckpt", tiny_run / "runs" / "gen.pt", "--prompt", "a bell rings", "--max_seconds", 2, "--no_vae"]
+    out = run_main(monkeypatch, capsys, *args, "--out", tmp_path / "long.wav")
+    assert "writing in windows" in out and f"wrote {tmp_path / 'long.wav'} (2.00 s)" in out
+    assert sf.info(str(tmp_path / "long.wav")).frames == 2 * 16000
+    run_main(monkeypatch, capsys, *args, "--out", tmp_path / "again.wav")
+    assert np.array_equal(sf.read(str(tmp_path / "long.wav"))[0], sf.read(str(tmp_path / "again.wav"))[0])
+
+
 def assert_greedy(model, rows, feats, ids, max_tokens):
     """ids is what greedy decoding after rows writes, checked by one full forward (no KV
     cache) over rows + ids: each id is the argmax of stream 0 over the text and special ids
-    at the position before it, and after the last comes <|eos|> or <|eot|> (or the cap)."""
+    at the position before it, and the last is the END it stopped on, <|eos|> or <|eot|>
+    (or the cap came first)."""
     seq = torch.cat([rows, torch.tensor([[t] + [0] * (N_STREAMS - 1) for t in ids], dtype=torch.long).view(-1, 8)])
     with torch.no_grad():
         logits = model.text_logits(model(seq[None], feats)[0, rows.shape[0] - 1:])[:, :model.cfg.audio_offset]
     best = logits.argmax(-1).tolist()
     assert best[:len(ids)] == ids
-    assert len(ids) == max_tokens or best[len(ids)] in (EOS, EOT)
+    assert not {EOS, EOT} & set(ids[:-1]) and (ids[-1] in (EOS, EOT) or len(ids) == max_tokens)
 
 
 def test_cli_answers_in_text(tiny_run, tmp_path, monkeypatch, capsys):
@@ -273,3 +295,20 @@ def test_cli_answers_in_text(tiny_run, tmp_path, monkeypatch, capsys):
         assert_greedy(rt.model, rows, s.feats, ids, max_tokens=24)
         assert out == rt.tok.decode([i - N_SPECIAL for i in ids if i >= N_SPECIAL]) + "\n"
         assert not (tmp_path / "a.wav").exists()
+
+
+def test_cli_samples_in_bf16(tiny_run, tmp_path, monkeypatch, capsys):
+    """--dtype bf16: the LM's weights and KV cache in bf16 (its logits read in fp32) write a
+    finite clip, and its first frame's logits follow fp32's to bf16's precision."""
+    import soundfile as sf
+    ckpt = tiny_run / "runs" / "gen.pt"
+    run_main(monkeypatch, capsys, "--ckpt", ckpt, "--prompt", "a bell rings", "--no_vae", "--max_seconds", 0.4,
+             "--dtype", "bf16", "--out", tmp_path / "half.wav")
+    wav, rate = sf.read(str(tmp_path / "half.wav"))
+    assert rate == 16000 and len(wav) and np.isfinite(wav).all()
+    full, half = (sample.load_runtime(str(ckpt), need_vae=False, dtype=d) for d in (None, torch.bfloat16))
+    assert half.model.lm.lm_head.weight.dtype == torch.bfloat16
+    x, _ = sample.prefix([{"role": "user", "text": "a bell rings"}], full.tok, full.model.cfg, AUDIO)
+    with torch.no_grad():
+        want, got = (rt.model.audio_logits(rt.model(x[None])[:, -1]).float() for rt in (full, half))
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)

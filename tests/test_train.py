@@ -1,5 +1,6 @@
 """train.py's LM loop: resume reproduces an uninterrupted run; 2 processes (gloo, DDP and
-FSDP2) give the loss of 1 process with the same global batch."""
+FSDP2) give the loss of 1 process with the same global batch, and FSDP2 resumes exactly too.
+Its checkpoints are safetensors files that the `safetensors` package reads."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import codec as codec_lib
+from checkpoint import load_ckpt, save_checkpoint, save_ckpt
 from clap import Clap, ClapConfig
 from data import write_dataset
 from tokenizer import SPTokenizer
@@ -34,7 +36,7 @@ def world(tmp_path_factory):
     args = train.argparse.Namespace(data=str(root / "toy"), out=str(runs), init_from=None, vocab_size=400)
     tok = train.get_tokenizer(args)
     assert isinstance(tok, SPTokenizer)
-    torch.save(Clap(ClapConfig(text_vocab=tok.vocab_size)).checkpoint(), runs / "clap.pt")
+    save_checkpoint(runs / "clap.pt", Clap(ClapConfig(text_vocab=tok.vocab_size)), 0)
     return root
 
 
@@ -51,13 +53,40 @@ def run(world, name, extra=(), procs=1):
         return [json.loads(line) for line in f]
 
 
+def lm_checkpoint(path):
+    """An LM checkpoint read twice: by load_ckpt, and by the `safetensors` package (the
+    reference reader), whose tensors and JSON metadata must say the same."""
+    from safetensors import safe_open
+    ck = load_ckpt(path, "UALM", "python train.py --stage gen")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        for name in f.keys():
+            section, _, key = name.partition("/")
+            assert torch.equal(f.get_tensor(name), ck[section][key] if key else ck[section]), name
+    tied = json.loads(meta.pop("__tied__"))
+    assert tied == {"model/lm.lm_head.weight": "model/lm.model.embed_tokens.weight"}  # written once
+    values = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}  # the JSON ones
+    assert {k: json.loads(v) for k, v in meta.items()} == values
+    return ck
+
+
 def losses(log):
     return torch.tensor([row["loss"] for row in log])
 
 
 def test_resume_equals_uninterrupted_run(world):
-    whole = run(world, "whole")
+    whole = run(world, "whole", ["--keep_every", "2"])
     run(world, "cut", ["--stop_at", "2"])
+    at_two = lm_checkpoint(world / "cut" / "gen.pt")
+    kept = lm_checkpoint(world / "whole" / "gen_step000002.pt")  # --keep_every's curve point
+    assert kept["step"] == 2 and sorted(kept) == ["args", "config", "kind", "model", "stage", "step"]
+    assert sorted(at_two) == ["args", "config", "data_state", "kind", "log", "model", "optimizer", "param_groups",
+                              "rng", "stage", "step"]
+    assert at_two["rng"].dtype == torch.uint8 and at_two["step"] == 2 and len(at_two["log"]) == 2
+    assert {k.rpartition(".")[2] for k in at_two["optimizer"]} == {"step", "exp_avg", "exp_avg_sq"}
+    for k, v in at_two["model"].items():
+        torch.testing.assert_close(kept["model"][k], v, atol=1e-6, rtol=1e-6)
+    assert not (world / "whole" / "gen_step000003.pt").exists()
     resumed = run(world, "cut", ["--resume"])
     assert [r["step"] for r in resumed] == [1, 2, 3]
     torch.testing.assert_close(losses(resumed), losses(whole), atol=1e-5, rtol=1e-5)
@@ -66,11 +95,35 @@ def test_resume_equals_uninterrupted_run(world):
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one(world, mode):
+    """FSDP2 also stops at step 2 and resumes: its full state dicts (the optimizer's keyed by
+    parameter name) go through the checkpoint file and back."""
     one = run(world, f"one_{mode}", ["--grad_accum", "2"])  # builds runs/cache.pt on the way
     shutil.copytree(world / "runs", world / f"two_{mode}")
     shutil.copy(world / f"one_{mode}" / "cache.pt", world / f"two_{mode}")  # two reads it: the same init
-    two = run(world, f"two_{mode}", ["--fsdp"] if mode == "fsdp" else [], procs=2)
+    if mode == "fsdp":
+        run(world, "two_fsdp", ["--fsdp", "--stop_at", "2"], procs=2)
+        ck = load_ckpt(world / "two_fsdp" / "gen.pt", "UALM", "python train.py --stage gen")
+        assert all(isinstance(p, str) for g in ck["param_groups"] for p in g["params"])  # names, not indices
+    two = run(world, f"two_{mode}", ["--fsdp", "--resume"] if mode == "fsdp" else [], procs=2)
     torch.testing.assert_close(losses(two), losses(one), atol=1e-5, rtol=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit(world, tmp_path):
+    """--resume from a pickle, another stage's checkpoint or a model of another shape: one
+    sentence naming the file and the fix, exit 1, no traceback."""
+    shutil.copytree(world / "runs", tmp_path / "runs")
+    gen = tmp_path / "runs" / "gen.pt"
+    ck = {"kind": "UALM", "stage": "gen", "config": {"text_size": 1}, "model": {"w": torch.zeros(1)}}
+    cases = [(lambda: gen.write_bytes(b"\x80\x02}q\x00."), "is not a readable UALM checkpoint"),  # never unpickled
+             (lambda: save_ckpt(gen, {**ck, "stage": "sft"}), "holds the sft stage's model, not the gen stage's"),
+             (lambda: save_ckpt(gen, ck), "holds a model of another shape than this run's")]
+    for write, message in cases:
+        write()
+        r = subprocess.run([sys.executable, "train.py", *ARGS, "--data", str(world / "toy"), "--out",
+                            str(tmp_path / "runs"), "--resume"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert f"error: {gen} " in r.stderr and message in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
@@ -81,6 +134,24 @@ def test_cuda_bf16_training_follows_cpu_fp32(world, compile):
     cpu = run(world, "curve_cpu")
     gpu = run(world, f"curve_cuda_{compile}", ["--device", "cuda"] + (["--compile"] if compile else []))
     torch.testing.assert_close(losses(gpu), losses(cpu), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("extra, tol", [(["--checkpointing"], 1e-5), (["--dtype", "bf16"], 0.05)])
+def test_checkpointing_and_bf16_follow_fp32(world, extra, tol):
+    """--checkpointing recomputes the blocks: the plain run's losses; bf16 autocast follows the
+    fp32 loss curve to its precision."""
+    plain = run(world, "curve_cpu")
+    other = run(world, "curve_" + "_".join(x.strip("-") for x in extra), extra)
+    torch.testing.assert_close(losses(other), losses(plain), atol=tol, rtol=tol)
+
+
+def test_fp16_scales_its_loss(world):
+    """fp16 autocast with the GradScaler: the first forward is fp32's to fp16's precision; a step
+    whose scaled gradients overflow is skipped (the scaler starts at 2^16 and halves), so the
+    later losses may lag fp32's, but every one is finite and the run still learns."""
+    plain, half = losses(run(world, "curve_cpu")), losses(run(world, "curve_fp16", ["--dtype", "fp16"]))
+    torch.testing.assert_close(half[0], plain[0], atol=0.05, rtol=0.05)
+    assert torch.isfinite(half).all() and half[-1] < half[0]
 
 
 @pytest.mark.parametrize("stage, needs", [("vae", "--stage codec"), ("align", "--stage gen"), ("dpo", "--stage sft")])
@@ -125,7 +196,7 @@ def test_init_from_a_qwen_checkpoint(world, tmp_path):
         shutil.copy(os.path.join(spec.submodule_search_locations[0], "tokenizer_files", name), qwen / name)
     log = run(world, "qwen", ["--init_from", str(qwen), "--steps", "2", "--budget", "600", "--lr", "0"])
     assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
-    ck = torch.load(world / "qwen" / "gen.pt", weights_only=False)
+    ck = lm_checkpoint(world / "qwen" / "gen.pt")
     assert ck["config"]["text_size"] == 151936 and ck["config"]["backbone"]["hidden_size"] == 32
     ualm = UALM(UALMConfig(**ck["config"]))
     ualm.load_state_dict(ck["model"])

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import vae as V
+from checkpoint import load_ckpt, save_ckpt
+from codec import CODEC_PRESETS, Codec
 
 MICRO = V.VAE_PRESETS["micro"]
 
@@ -120,7 +122,7 @@ def test_checkpoint_round_trip_gives_identical_output(tmp_path):
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not found: run `python vae.py --out DIR`"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "missing.pt")
     V.save_checkpoint(tmp_path / "vae.pt", V.EnhanceVAE(MICRO), step=0)
     data = (tmp_path / "vae.pt").read_bytes()
@@ -129,12 +131,12 @@ def test_checkpoint_errors_are_clear(tmp_path):
         V.EnhanceVAE.from_checkpoint(tmp_path / "cut.pt")
     with pytest.raises(ValueError, match="config differs"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "vae.pt", V.VAE_PRESETS["toy"])
-    torch.save({"config": {"encoder_channels": 2}, "model": {}}, tmp_path / "other.pt")  # e.g. a codec's
-    with pytest.raises(ValueError, match="not a VAE checkpoint"):
+    V.save_checkpoint(tmp_path / "other.pt", Codec(CODEC_PRESETS["micro"]), step=0)  # another model's
+    with pytest.raises(ValueError, match="holds a checkpoint of Codec, not of EnhanceVAE"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "other.pt")
-    ckpt = torch.load(tmp_path / "vae.pt", weights_only=True)
+    ckpt = load_ckpt(tmp_path / "vae.pt", "EnhanceVAE", "")
     ckpt["config"]["channels"] = 24  # weights no longer fit the config
-    torch.save(ckpt, tmp_path / "edited.pt")
+    save_ckpt(tmp_path / "edited.pt", ckpt)
     with pytest.raises(ValueError, match="do not fit"):
         V.EnhanceVAE.from_checkpoint(tmp_path / "edited.pt")
 
