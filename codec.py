@@ -27,13 +27,17 @@ would have to learn that projection as well, from far more training; the fit her
 minutes on a CPU, is deterministic from its seed, and a beam search over the codebooks
 (rvq.py) lowers the quantiser's error further.
 
-The teacher in X-codec is a frozen HuBERT. No weights can be downloaded here, so our
-stand-in is a fixed, non-learned transform: Whisper's 128-bin log-mel (encoder.py) at
-100 Hz, average-pooled to the codec's 50 Hz, then its top 32 principal axes. Before the
-RVQ its coordinates are scaled so that they hold `semantic_share` of the acoustic part's
-variance: the codebooks spend that share of their effort on them, and the semantic part
-of the decoded vector reconstructs the teacher's features (evaluate_codec reports how
-well). It is frozen by construction, which is the property the architecture relies on.
+The teacher in X-codec is a frozen HuBERT, a network that learned what sounds mean. No
+weights can be downloaded here, so the stand-in comes in two kinds (CodecConfig.teacher):
+- "log-mel": a fixed transform, Whisper's 128-bin log-mel (encoder.py) at 100 Hz pooled to
+  50 Hz. Frozen by construction, but it knows no more than the spectrum does.
+- "encoder": the audio tower of the toy world's CLAP (clap.py), trained before the codec to
+  tag which events sound in each frame, then frozen: like HuBERT, a network that hears
+  meaning. Its 25 Hz features serve two codec frames each (the "toy-semantic" preset).
+Either way the codec keeps the teacher's top 32 principal axes, scaled before the RVQ so
+that they hold `semantic_share` of the acoustic part's variance: the codebooks spend that
+share of their effort on them, the first codebook most, and the semantic part of the
+decoded vector reconstructs the teacher's features (evaluate_codec reports how well).
 
 The adversarial term of X-codec (and of DAC/EnCodec) is left out with the trained
 decoder: it buys perceptual crispness after days of GPU training, whereas the toy world
@@ -58,9 +62,10 @@ from tqdm import tqdm
 
 import data
 from checkpoint import load_module, save_checkpoint  # noqa: F401 (save_checkpoint is re-exported)
-from encoder import log_mel_spectrogram, mel_filters
+from encoder import ENCODER_PRESETS, AudioEncoder, log_mel_spectrogram, mel_filters
 from rvq import ResidualVQ
 from toy.analyzer import adherence, analyze
+from utils import fail
 
 # ---------------------------------------------------------------------------------------
 # Constants (X-codec's; model.py's N_STREAMS and CODEBOOK_SIZE must equal these)
@@ -88,10 +93,14 @@ class CodecConfig:
     kmeans_iters: int = 10  # Lloyd steps per codebook
     kmeans_sample: int = 200_000  # frames per Lloyd step (a fresh random draw each step)
     beam: int = 8  # candidates kept per codebook when encoding (1 = greedy): lets the later codebooks undo an early choice
+    # the frozen semantic teacher: "log-mel" (a fixed transform) or "encoder" (a trained encoder.py tower
+    # that hears the world's events, CLAP's: train.py fits the codec after --stage clap and copies it in)
+    teacher: str = "log-mel"
 
 
 CODEC_PRESETS = {
     "toy": CodecConfig(),
+    "toy-semantic": CodecConfig(teacher="encoder", semantic_share=1.0),
     "micro": CodecConfig(n_components=32, semantic_components=4, kmeans_iters=3),
 }
 
@@ -177,6 +186,10 @@ class Codec(nn.Module):
         self.register_buffer("semantic_basis", torch.eye(TEACHER_DIM)[:cfg.semantic_components])  # [S, 128]
         self.register_buffer("semantic_scale", torch.ones(()))  # the teacher's coordinates times this
         self.quantizer = ResidualVQ(N_CODEBOOKS, CODEBOOK_SIZE, cfg.n_components + cfg.semantic_components)
+        if cfg.teacher not in ("log-mel", "encoder"):
+            raise ValueError(f"CodecConfig.teacher {cfg.teacher!r}: use 'log-mel' or 'encoder'")
+        # the frozen tower (its 128-wide 25 Hz features, each used for two codec frames); fit copies its weights in
+        self.teacher_net = AudioEncoder(ENCODER_PRESETS["toy"]).requires_grad_(False) if cfg.teacher == "encoder" else None
 
     @staticmethod
     def _frames(wav: torch.Tensor) -> torch.Tensor:
@@ -188,10 +201,15 @@ class Codec(nn.Module):
         """wav [B, 320 T] -> |STFT| ** power [B, T, 641], the frames the acoustic axes describe."""
         return stft_frames(wav).abs().pow(self.config.power).transpose(1, 2)
 
-    @staticmethod
-    def teacher(wav: torch.Tensor) -> torch.Tensor:
-        """wav [B, 320 T] -> the teacher's features [B, T, 128]."""
-        return teacher_features(wav).transpose(1, 2)
+    def teacher(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [B, 320 T] -> the teacher's features [B, T, 128]: the log-mel of teacher_features, or
+        the encoder tower's 25 Hz frames, each twice (frame t of the codec hears tower frame t // 2)."""
+        if self.teacher_net is None:
+            return teacher_features(wav).transpose(1, 2)
+        T = wav.shape[-1] // HOP
+        feats, _ = self.teacher_net.listen(list(wav))  # [B, ~T / 2, 128]
+        feats = feats.repeat_interleave(2, dim=1)[:, :T]
+        return F.pad(feats, (0, 0, 0, T - feats.shape[1]))  # a last odd frame hears silence
 
     def coordinates(self, compressed: torch.Tensor, taught: torch.Tensor) -> torch.Tensor:
         """[..., 641] and [..., 128] -> what the RVQ quantises [..., K + S]: acoustic coordinates, then scaled semantic ones."""
@@ -200,9 +218,14 @@ class Codec(nn.Module):
         return torch.cat([acoustic, semantic], -1)
 
     @torch.no_grad()
-    def fit(self, clips: list, generator: torch.Generator | None = None, progress: bool = True):
-        """Fit the axes and the codebooks to clips [(N,) float arrays at 16 kHz], all their frames."""
+    def fit(self, clips: list, generator: torch.Generator | None = None, progress: bool = True, teacher=None):
+        """Fit the axes and the codebooks to clips [(N,) float arrays at 16 kHz], all their frames.
+        teacher: the trained encoder tower whose weights the "encoder" teacher takes (frozen)."""
         cfg = self.config
+        if self.teacher_net is not None:
+            if teacher is None:
+                raise ValueError("this codec's semantic teacher is an encoder tower: pass the trained one (teacher=)")
+            self.teacher_net.load_state_dict(teacher.state_dict())
         wavs = [self._frames(torch.as_tensor(np.asarray(c, np.float32))[None]) for c in clips]
         frames = torch.cat([self.compress(w)[0] for w in wavs])  # [N, 641]
         taught = torch.cat([self.teacher(w)[0] for w in wavs])  # [N, 128]
@@ -307,15 +330,17 @@ def world_clips(seed: int, indices) -> list:
     return [(ex["audio"], ex["plan"]["events"]) for ex in examples]
 
 
-def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", seed: int = 0, progress: bool = True) -> Codec:
+def train_codec(out_dir, clips: list, config: CodecConfig | str = "toy", seed: int = 0, progress: bool = True,
+                teacher=None) -> Codec:
     """Fit a codec to 16 kHz mono clips [(N,) arrays] and write out_dir/codec.pt (atomically).
 
     The principal axes of all the clips' frames, then the RVQ's codebooks by k-means on
     their coordinates. Deterministic from `seed` (the k-means samples and restarts).
+    teacher: the trained encoder tower of an "encoder"-teacher preset (CLAP's audio tower).
     """
     config = CODEC_PRESETS[config] if isinstance(config, str) else config
     codec = Codec(config)
-    codec.fit(clips, torch.Generator().manual_seed(seed), progress)
+    codec.fit(clips, torch.Generator().manual_seed(seed), progress, teacher)
     save_checkpoint(Path(out_dir) / "codec.pt", codec, 1)
     return codec.eval()
 
@@ -399,6 +424,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
+    if CODEC_PRESETS[args.preset].teacher == "encoder" and not args.eval_only:
+        fail(f"the {args.preset} preset's teacher is CLAP's audio tower: run `python train.py --stage clap`, "
+             f"then `python train.py --stage codec --codec_preset {args.preset}`")
     if args.eval_only:
         codec = Codec.from_checkpoint(Path(args.out) / "codec.pt")
     else:

@@ -2,9 +2,9 @@
 Train every part of UALM on the toy world (or on real data in the same manifest formats).
 
     python data.py --out toy_data --n 2000          # the world, once
+    python train.py --stage clap               # contrastive audio-text model; the LM's ears
     python train.py --stage codec              # the RVQ codec the LM writes in
     python train.py --stage vae                # 16 kHz mono codec output -> 48 kHz stereo
-    python train.py --stage clap               # contrastive audio-text model; the LM's ears
     python train.py --stage gen                # UALM-Gen: text-to-audio only
     python train.py --stage align              # LM frozen: the adapter learns to feed it audio
     python train.py --stage pretrain           # the unified mixture
@@ -48,7 +48,7 @@ from sequences import build, cfg_dropout, collate, loss_sums, n_loss_positions, 
 from tasks import generation_clips, get_tokenizer, lm_data
 from utils import atomic_path, fail, learning_rate
 
-STAGES = ["codec", "vae", "clap", "gen", "align", "pretrain", "sft", "dpo"]
+STAGES = ["clap", "codec", "vae", "gen", "align", "pretrain", "sft", "dpo"]
 LM_STAGES = {"gen": None, "align": "gen", "pretrain": "align", "sft": "pretrain",  # stage: the one it starts from
              "und": None}  # the understanding-only specialist of the replication table, not in --stage all
 # token shares of each stage's mixture (pretrain: SPEC.md section 5, by tokens)
@@ -76,8 +76,15 @@ def stereo_pair(row, x):
 def stage_codec(args):
     train, held = generation_clips(args)
     clips = [mono(r) for r in train[:args.codec_clips]]
+    teacher = None
+    if codec_lib.CODEC_PRESETS[args.codec_preset].teacher == "encoder":  # CLAP's audio tower hears the events
+        path = os.path.join(args.out, "clap.pt")
+        if not os.path.isfile(path):
+            fail(f"{path} not found: the {args.codec_preset} codec's semantic teacher is CLAP's audio tower; run "
+                 "`python train.py --stage clap` first")
+        teacher = clap_lib.Clap.from_checkpoint(path).audio
     t = time.time()
-    model = codec_lib.train_codec(args.out, clips, args.codec_preset, seed=args.seed)
+    model = codec_lib.train_codec(args.out, clips, args.codec_preset, seed=args.seed, teacher=teacher)
     print(f"codec: fitted to {len(clips)} clips in {time.time() - t:.0f} s -> {args.out}/codec.pt")
     result = codec_lib.evaluate_codec(model, [(mono(r), r["events"]) for r in held])
     print(f"codec on {len(held)} held-out clips: multi-resolution log-mel distance {result['log_mel_distance']:.3f}, "

@@ -14,7 +14,7 @@ import torch
 import model
 from codec import (CODEBOOK_SIZE, CODEC_PRESETS, HOP, LOG_FLOOR, N_BINS, N_CODEBOOKS, N_FFT, RESOLUTIONS, SAMPLE_RATE,
                    Codec, CodecConfig, error_budget, evaluate_codec, griffin_lim, principal_axes, save_checkpoint,
-                   stft_frames, train_codec, world_clips)
+                   stft_frames, teacher_features, train_codec, world_clips)
 from checkpoint import load_ckpt, save_ckpt
 from sequences import delay_pattern
 from toy.analyzer import adherence, analyze
@@ -211,7 +211,7 @@ class StubCodec:
     """What evaluate_codec asks of a codec, with the decode and the decoded teacher features
     chosen by the test: the "codes" are the waveform itself."""
     _frames = staticmethod(Codec._frames)
-    teacher = staticmethod(Codec.teacher)
+    teacher = staticmethod(lambda wav: teacher_features(wav).transpose(1, 2))  # the log-mel teacher
 
     def __init__(self, decode, semantic):
         self.decode, self.semantic = decode, semantic
@@ -229,7 +229,7 @@ def test_evaluate_codec_on_world_clips(trained):
     features are off by 0.5 everywhere (semantic error 0.25 x frames x 128 / variance)."""
     clips = world_clips(0, range(2))
     wavs = [torch.from_numpy(w)[None] for w, _ in clips]
-    taught = torch.cat([Codec.teacher(Codec._frames(w))[0] for w in wavs]).double()  # [frames, 128]
+    taught = torch.cat([StubCodec.teacher(Codec._frames(w))[0] for w in wavs]).double()  # [frames, 128]
     spread = float((taught - taught.mean(0)).pow(2).sum())
 
     def scores(outputs):  # the analyzer's mean adherence over the clips, per key
@@ -239,7 +239,7 @@ def test_evaluate_codec_on_world_clips(trained):
     original = scores([w for w, _ in clips])
     assert set(original) == {"events", "layout", "counts", "pitch", "score"} and original["score"] == 1.0
 
-    features = lambda w: Codec.teacher(Codec._frames(w)).transpose(1, 2)  # [1, 128, T]
+    features = lambda w: teacher_features(Codec._frames(w))  # [1, 128, T]
     perfect = evaluate_codec(StubCodec(lambda w: w, features), clips)
     assert perfect["log_mel_distance"] == 0.0 and perfect["semantic_error"] == 0.0
     assert perfect["original"] == perfect["reconstruction"] == original
@@ -357,3 +357,27 @@ def test_bad_checkpoints_fail_clearly(tmp_path, trained):
         Codec.from_checkpoint(tmp_path / "corrupt.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt not found: run `python codec.py --out DIR`"):
         Codec.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_encoder_teacher_hears_through_the_tower(tmp_path):
+    """The "encoder" teacher (toy-semantic): codec frame t gets the tower's 25 Hz frame t // 2,
+    computed here with AudioEncoder.listen directly; fit copies the tower's weights in and
+    refuses to run without one; the tower travels in codec.pt and reloads to the same codes."""
+    from encoder import ENCODER_PRESETS, AudioEncoder
+    torch.manual_seed(0)
+    tower = AudioEncoder(ENCODER_PRESETS["toy"]).eval()
+    config = dataclasses.replace(CODEC_PRESETS["micro"], teacher="encoder", semantic_share=1.0)
+    clips = [w for w, _ in world_clips(0, range(3))]
+    with pytest.raises(ValueError, match="teacher"):
+        Codec(config).fit(clips, torch.Generator().manual_seed(0), progress=False)
+    codec = train_codec(tmp_path, clips, config, progress=False, teacher=tower)
+    wav = Codec._frames(torch.from_numpy(clips[0])[None])  # [1, 320 T]
+    T = wav.shape[-1] // HOP
+    with torch.no_grad():
+        feats, _ = tower.listen([wav[0]])  # [1, T25, 128]
+    idx = torch.arange(T) // 2
+    want = torch.zeros(T, 128)  # a last odd frame past the tower's hears silence
+    want[idx < feats.shape[1]] = feats[0, idx[idx < feats.shape[1]]]
+    torch.testing.assert_close(codec.teacher(wav)[0], want)
+    again = Codec.from_checkpoint(tmp_path / "codec.pt")
+    assert torch.equal(again.encode(wav), codec.encode(wav))

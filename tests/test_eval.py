@@ -107,3 +107,17 @@ def test_why_dpo_worked_example(monkeypatch):
     assert ev.why_dpo(rt, pairs, rows) == (1, 1, 1)
     with pytest.raises(ValueError, match="not in the manifest"):
         ev.why_dpo(rt, [("A hum.", clip(1), clip(2), 0.3)], rows)
+
+
+def test_lengths_against_the_worlds_ranges():
+    """in_range and length_table on worked examples: the world gives 'sequence' 3-5 s and
+    'single' 2-5 s; a length within half a 20 ms frame of a bound counts as inside."""
+    import eval as ev
+    assert ev.length_range("sequence") == (3.0, 5.0)
+    assert [bool(ev.in_range("sequence", s)) for s in (2.98, 2.99, 3.5, 5.0, 5.01, 5.02)] == \
+        [False, True, True, True, True, False]
+    lengths = [("single", 0.2), ("single", 3.0), ("single", 4.0), ("single", 6.0), ("sequence", 4.0)]
+    table = ev.length_table(lengths)
+    assert table[2] == "| single | 4 | 2.0-5.0 | 1.0 / 3.5 / 5.4 | 50.0% |"  # numpy's linear percentiles
+    assert table[3] == "| sequence | 1 | 3.0-5.0 | 4.0 / 4.0 / 4.0 | 100.0% |"
+    assert len(table) == 4  # header, rule, the two layouts asked

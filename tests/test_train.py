@@ -154,13 +154,18 @@ def test_fp16_scales_its_loss(world):
     assert torch.isfinite(half).all() and half[-1] < half[0]
 
 
-@pytest.mark.parametrize("stage, needs", [("vae", "--stage codec"), ("align", "--stage gen"), ("dpo", "--stage sft")])
+@pytest.mark.parametrize("stage, needs", [("vae", "--stage codec"), ("align", "--stage gen"), ("dpo", "--stage sft"),
+                                         ("codec", "--stage clap")])
 def test_missing_prerequisite_names_the_stage(world, tmp_path, stage, needs):
+    """e.g. the toy-semantic codec hears through CLAP's audio tower: without clap.pt, --stage codec
+    says to run --stage clap first."""
     shutil.copytree(world / "runs", tmp_path / "runs")
-    if stage == "vae":
-        os.remove(tmp_path / "runs" / "codec.pt")
+    gone = {"vae": "codec.pt", "codec": "clap.pt"}.get(stage)
+    if gone:
+        os.remove(tmp_path / "runs" / gone)
+    extra = ["--codec_preset", "toy-semantic"] if stage == "codec" else []
     r = subprocess.run([sys.executable, "train.py", "--stage", stage, "--data", str(world / "toy"), "--out",
-                        str(tmp_path / "runs"), "--n_eval", "4", "--vocab_size", "400"], cwd=ROOT,
+                        str(tmp_path / "runs"), "--n_eval", "4", "--vocab_size", "400", *extra], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert needs in r.stderr and "not found" in r.stderr
