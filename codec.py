@@ -407,6 +407,15 @@ def error_budget(codec: Codec, clips: list, scales=(0.0, 1.0, 0.5, 0.25), leadin
     return {"curve": curve, "noisy": noisy, "leading_axes": leading}
 
 
+def print_evaluation(result):
+    """evaluate_codec's (or xcodec_train.evaluate_xcodec's) result as the command lines print it."""
+    print(f"log-mel distance (reconstruction vs original): {result['log_mel_distance']:.3f}")
+    print(f"semantic error (teacher features from the codes, share of their variance): {result['semantic_error']:.3f}")
+    for key in result["original"]:
+        print(f"{key:>8}: original {100 * result['original'][key]:5.1f}%   "
+              f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+
+
 def main():
     p = argparse.ArgumentParser(description="Fit the codec to the toy world, then score it on held-out clips.")
     p.add_argument("--out", default="runs/codec", help="folder for codec.pt")
@@ -436,11 +445,7 @@ def main():
         print(f"fitted in {time.time() - start:.0f} s (synthesis included) -> {args.out}/codec.pt")
     held_out = world_clips(args.world_seed, range(1_000_000, 1_000_000 + args.eval_clips))
     result = evaluate_codec(codec, held_out)
-    print(f"log-mel distance (reconstruction vs original): {result['log_mel_distance']:.3f}")
-    print(f"semantic error (teacher features from the codes, share of their variance): {result['semantic_error']:.3f}")
-    for key in result["original"]:
-        print(f"{key:>8}: original {100 * result['original'][key]:5.1f}%   "
-              f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+    print_evaluation(result)
     if args.budget:
         budget = error_budget(codec, held_out)
         print(f"squared error of the coordinates by codebooks used (leading {budget['leading_axes']} axes / "

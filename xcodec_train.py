@@ -23,7 +23,7 @@ from tqdm import tqdm
 import rvq
 from clap import N_TAGS, frame_tags
 from checkpoint import load_module, save_checkpoint
-from codec import Codec, evaluate_codec, spectral_losses, world_clips
+from codec import Codec, evaluate_codec, print_evaluation, spectral_losses, world_clips
 from toy.world import KEYWORDS
 from utils import fail, learning_rate
 from xcodec import PRESETS, SAMPLE_RATE, Hubert, ResidualVQ, XCodec, XCodecConfig
@@ -433,11 +433,7 @@ def main():
         print(f"codec trained in {time.time() - start:.0f} s -> {path}")
     held_out = world_clips(args.world_seed, range(1_000_000, 1_000_000 + args.eval_clips))
     result = evaluate_xcodec(codec, held_out)
-    print(f"log-mel distance (reconstruction vs original): {result['log_mel_distance']:.3f}")
-    print(f"semantic error (teacher features from the codes, share of their variance): {result['semantic_error']:.3f}")
-    for key in result["original"]:
-        print(f"{key:>8}: original {100 * result['original'][key]:5.1f}%   "
-              f"reconstruction {100 * result['reconstruction'][key]:5.1f}%")
+    print_evaluation(result)
     probes = {"majority class": lambda wav: torch.zeros(-(-wav.shape[-1] // HOP), 1),  # the bias alone
               "teacher features": codec.semantic_model,
               "xcodec codebook 1": first_codes(codec, codec.config.codebook_size)}
