@@ -49,8 +49,9 @@ import torch
 import tasks
 from codec import FRAME_RATE
 from model import AUDIO, EOS, EOT, N_STREAMS, TEXT
-from sample import (audible, audio_rows, choose_end, choose_modality, decode_text, generate_audio, generate_text,
+from sample import (audible, choose_end, choose_modality, decode_text, generate_audio, generate_text,
                     listen, load_runtime, prefix, to_wave, write_audio)
+from sequences import audio_rows
 from utils import fail
 
 MODES = ("enrich", "dialogue", "reflect")
@@ -137,7 +138,7 @@ class Chain:
                                progress=self.s.echo)[0]
         if codes.shape[1] == 0:
             raise ValueError("the model ended its audio before the first frame; try another --seed")
-        end = choose_end(self.rt.model, torch.cat([rows, audio_rows(self.rt.model, codes)]), feats)
+        end = choose_end(self.rt.model, torch.cat([rows, audio_rows(self.rt.model.cfg, codes)]), feats)
         path = os.path.join(self.s.out, f"step{len(self.steps) + 1}.wav")
         seconds = write_audio(self.rt, codes, path, vae=self.s.vae)
         self.add({"kind": "audio", "role": "assistant", "path": path, "seconds": seconds, "codes": codes, "end": end})

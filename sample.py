@@ -324,12 +324,6 @@ def choose_end(model, rows, feats=None):
     return next_token_among(model, rows, feats, (EOT, EOS))
 
 
-def audio_rows(model, codes):
-    """codes (8, T) -> the (T + 7, 8) rows they take in a conversation: the delay pattern
-    in unified ids, as sequences.build lays out audio (the rows that precede its END)."""
-    return model.cfg.audio_ids(delay_pattern(codes[None].long().cpu())[0]).T
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", default=None, help="a caption to generate, or a question about --audio")

@@ -74,6 +74,12 @@ def delay_cells(step: int, n_frames: torch.Tensor, K: int = N_STREAMS) -> torch.
     return (step >= k)[None] & (step < n_frames[:, None] + k[None])
 
 
+def audio_rows(cfg, codes):
+    """codes (8, T) -> the (T + 7, 8) rows they take in a conversation: the delay pattern in
+    unified ids (cfg a UALMConfig), the rows before the audio's END."""
+    return cfg.audio_ids(delay_pattern(codes[None].long().cpu())[0]).T
+
+
 # -----------------------------------------------------------------------------
 # Conversations -> grids
 
@@ -108,9 +114,9 @@ def build(messages, encode, cfg):
         if "text" in m:
             tokens([t + N_SPECIAL for t in encode(m["text"])], k)
         elif "codes" in m:
-            grid = cfg.audio_ids(delay_pattern(m["codes"][None])[0])  # (8, T + 7)
-            rows.extend(grid.T.tolist())
-            kinds.extend([FRAME if trained else NO_LOSS] * grid.shape[1])
+            grid = audio_rows(cfg, m["codes"])  # (T + 7, 8)
+            rows.extend(grid.tolist())
+            kinds.extend([FRAME if trained else NO_LOSS] * grid.shape[0])
         else:
             tokens([AUDIO_IN] * m["feats"].shape[0], NO_LOSS)
             feats.append(m["feats"])

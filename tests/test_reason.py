@@ -17,7 +17,7 @@ import reason
 import tasks
 from toy import world
 from model import ASSISTANT, AUDIO, AUDIO_IN, EOS, EOT, N_SPECIAL, N_STREAMS, TEXT, UALM, UALMConfig
-from sample import audio_rows
+from sequences import audio_rows
 from sequences import build
 
 CFG = UALMConfig(text_size=128, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
@@ -221,7 +221,6 @@ def toy_row(index=8):
             "rich_caption": world.rich_caption(plan), "events": plan["events"], "layout": plan["layout"]}
 
 
-CFG_MODEL = types.SimpleNamespace(cfg=CFG)  # what audio_rows reads of a model
 
 
 def training_cuts(messages):
@@ -238,7 +237,7 @@ def training_cuts(messages):
     starts = (s.ids[:, 0] == ASSISTANT).nonzero()[:, 0].tolist()
     out = []
     for i, m in zip(starts, [m for m in messages if m["role"] == "assistant"]):
-        out.append([cut(i + 1), cut(i + 2)] + ([cut(i + 2 + len(audio_rows(CFG_MODEL, m["codes"])))]
+        out.append([cut(i + 1), cut(i + 2)] + ([cut(i + 2 + len(audio_rows(CFG, m["codes"])))]
                                                 if "codes" in m else []))
     return out
 
