@@ -497,8 +497,8 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
 def gpu_sample(preset, device, dtype, seconds=5.0):
     """The LM's frame loop of sample.py (CFG 3: 2 rows) at a Qwen2.5 shape with random weights:
     seconds of audio per second, eager and with sample.py --compile's step, against the bound
-    (the weights a frame step reads, once: the blocks and the head's audio rows). Each
-    codebook's pad row of the head is zeroed so that random weights never end a clip early:
+    (the weights a frame step reads, once: the blocks and audio_head). Each
+    codebook's pad row of audio_head is zeroed so that random weights never end a clip early:
     every run writes the same number of frames."""
     import sample
     from codec import FRAME_RATE
@@ -507,15 +507,15 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     backbone = PRESETS[preset]
     with torch.device(device):
         model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(dtype).eval()
-    model.lm.lm_head.weight[model.cfg.audio_offset::INTERVAL] = 0  # each interval's pad id
+    model.audio_head.weight[::INTERVAL] = 0  # each interval's pad id
     rows = torch.zeros(32, N_STREAMS, dtype=torch.long)
     text = N_SPECIAL + torch.randint(0, 1000, (29,))  # a 32-token prompt: bos, text, <|assistant|> <|audio|>
     rows[:, 0] = torch.cat([torch.tensor([BOS]), text, torch.tensor([ASSISTANT, AUDIO])])
     frames = int(seconds * FRAME_RATE)
     eager, compiled = sample.decode_step, compile_step(sample.decode_step, device)
-    tables = (model.lm.model.embed_tokens.weight, model.lm.lm_head.weight)  # of these a frame step reads the
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters() if not any(p is t for t in tables))
-    nbytes += N_STREAMS * INTERVAL * tables[1].shape[1] * tables[1].element_size()  # head's 8 x 1025 audio rows
+    skipped = (model.lm.model.embed_tokens.weight, model.lm.lm_head.weight, model.audio_embed.weight)  # a frame step
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters()  # reads 8 rows of audio_embed, no text row
+                 if not any(p is t for t in skipped))
     bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read those bytes once
     print(f"sample: the LM's frame loop at {preset} shape, {str(dtype)[6:]} on {device}, CFG 3, {seconds:.0f} s clips")
     for name, step in (("eager", eager), ("compiled", compiled)):

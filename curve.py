@@ -124,7 +124,7 @@ def main():
     table = []
     for step, path in points:
         try:
-            rt = load_runtime(path, need_vae=False)
+            rt = load_runtime(path, need_vae=False, need_clap=True)  # eval_generation scores with CLAP
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         runs = [eval_generation(rt, rows, args.cfg, seed) for seed in range(args.seeds)]

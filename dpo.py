@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import codec as codec_lib
 import tasks
 from checkpoint import load_ckpt, load_module, save_ckpt
 from clap import Clap, pad_ids
 from model import AUDIO, UALM, UALMConfig
+from parts import adopt, load_codec, parts_of
 from sample import audible, generate_audio, prefix
 from sequences import build, collate, n_loss_positions, row_logp
 from tasks import get_tokenizer, lm_data
@@ -101,13 +101,15 @@ def dpo_loss(pi, ref, beta):
 
 def train_dpo(args):
     """DPO on the model's own samples (SPEC.md section 7): a frozen reference, a CE warm-up on
-    the winners, then dpo_loss + --dpo_ce x CE on the winners."""
+    the winners, then dpo_loss + --dpo_ce x CE on the winners. The parts (tokenizer, codec) are
+    the ones sft.pt was trained with; the reward is runs/clap.pt's CLAP score."""
+    sft, how = os.path.join(args.out, "sft.pt"), "python train.py --stage sft"
+    adopt(args, sft, how, "sft")
     tok = get_tokenizer(args)
     data = lm_data(args)
-    sft, how = os.path.join(args.out, "sft.pt"), "python train.py --stage sft"
     policy = load_module(UALM, UALMConfig, sft, how, stage="sft")
     reference = load_module(UALM, UALMConfig, sft, how, stage="sft").requires_grad_(False)
-    codec = codec_lib.Codec.from_checkpoint(os.path.join(args.out, "codec.pt"))
+    codec = load_codec(parts_of(args), args.out)
     clap = Clap.from_checkpoint(os.path.join(args.out, "clap.pt"))
     pairs = dpo_pairs(args, policy, tok, data["tta"][0], codec, clap)
     pairs = [p for p in pairs if p[3] > args.dpo_min_gap]

@@ -33,11 +33,13 @@ from tqdm import tqdm
 
 import reason
 import tasks
+from checkpoint import load_ckpt
 from clap import K, pad_ids
 from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
 from dpo import load_pairs
 from model import AUDIO, TEXT
+from parts import run_parts
 from sequences import build, frame_nll
 from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
 from utils import atomic_path, fail
@@ -328,14 +330,17 @@ def replicate(args, gen, und, txt):
     runs = os.path.dirname(os.path.abspath(args.ckpt))
     if not os.path.isfile(os.path.join(runs, "und.pt")):
         print("training the understanding-only model first: python train.py --stage und")
+        parts = run_parts(load_ckpt(args.ckpt, "UALM", "python train.py --stage all"), args.ckpt)  # the run's
+        flags = [x for flag, folder in parts.items() if folder for x in (f"--{flag}", folder)]
         subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
                         "--stage", "und", "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval),
-                        "--seed", str(args.seed)], check=True)  # train.py prints its own errors; eval then stops
+                        "--seed", str(args.seed), *flags],
+                       check=True)  # train.py prints its own errors; eval then stops
     rts = {}
 
     def rt(name):
         if name not in rts:
-            rts[name] = load_runtime(os.path.join(runs, f"{name}.pt"), need_vae=False)
+            rts[name] = load_runtime(os.path.join(runs, f"{name}.pt"), need_vae=False, need_clap=True)
         return rts[name]
     rows = gen[:args.n_gen]
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -437,7 +442,7 @@ def main():
         if args.replicate:
             torch.manual_seed(args.seed)
             return replicate(args, gen, und, txt)
-        rt = load_runtime(args.ckpt, need_vae=False)
+        rt = load_runtime(args.ckpt, need_vae=False, need_clap=True)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     except subprocess.CalledProcessError:

@@ -13,7 +13,9 @@ every key and shape checked, then the memory-mapped tensors become the parameter
 Part 3, UALM (SPEC.md section 1): the same backbone over a unified vocabulary
 (256 specials, the text vocabulary shifted by 256, 8 codec intervals of 1025), with
 [B, L, 8] inputs whose stream embeddings are summed, continuous audio features at
-placeholder positions, and a shared head whose audio logits are restricted per codebook.
+placeholder positions, and audio logits restricted per codebook. The audio rows live in
+their own embedding and head (the release's new nn.Embedding and nn.Linear), beside
+Qwen's text rows, which keep Qwen's tying.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -395,7 +397,8 @@ class UALMConfig:
         return self.audio_offset + N_STREAMS * INTERVAL
 
     def backbone_config(self):
-        return Qwen2Config(**{**self.backbone, "vocab_size": self.vocab_size})
+        """The Qwen2 inside: its embedding and head hold the specials and the text rows only."""
+        return Qwen2Config(**{**self.backbone, "vocab_size": self.audio_offset})
 
     def text_ids(self, ids):
         """Tokenizer ids -> unified ids. e.g. Qwen's 9707 ("Hello") -> 9963."""
@@ -416,25 +419,41 @@ class UALMConfig:
 class UALM(nn.Module):
     """One decoder over [B, L, 8] token grids.
 
+    The unified ids split over two pairs of tables, as in the release:
+        ids 0 .. audio_offset - 1        specials and text: Qwen2's embed_tokens and lm_head rows
+                                         (tied when the Qwen checkpoint ties them)
+        ids audio_offset + k*1025 + j    codebook k's entry j (0 = its pad): row k*1025 + j of
+                                         audio_embed and of audio_head, two separate new tables
     Input: the 8 streams' embeddings are summed (pad, id 0, embeds to zero); positions
     whose stream 0 holds AUDIO_IN take the adapted encoder frames instead, in order.
-    Output: hidden h; stream 0 reads the full vocabulary through lm_head, and every
-    stream k reads its own codebook interval from h + stream_emb[k] (zero for k=0)."""
+    Output: hidden h; stream k reads its own codebook interval of audio_head from
+    h + stream_emb[k] (zero for k=0), and stream 0 reads text and codebook 0 together."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.lm = Qwen2(cfg.backbone_config())
         d = self.lm.cfg.hidden_size
+        self.audio_embed = nn.Embedding(N_STREAMS * INTERVAL, d, _weight=torch.empty(N_STREAMS * INTERVAL, d))
+        self.audio_head = Linear(d, N_STREAMS * INTERVAL, bias=False)
         self.stream_emb = nn.Parameter(torch.zeros(N_STREAMS - 1, d))
         self.adapter = Adapter(cfg.audio_dim, d) if cfg.audio_dim else None
+        if not self.stream_emb.is_meta:
+            self.audio_embed.apply(_init_weights)
+            self.audio_head.apply(_init_weights)
 
     def embed(self, ids, audio_feats=None):
-        """ids (B, L, 8) and encoder frames (M, audio_dim) -> input embeddings (B, L, d)."""
+        """ids (B, L, 8) and encoder frames (M, audio_dim) -> input embeddings (B, L, d).
+        Text and specials sit in stream 0 only; audio ids in any stream."""
         B, L, S = ids.shape
-        # a sum over the 8 streams in one lookup; PAD rows do not contribute
-        x = F.embedding_bag(ids.reshape(-1, S), self.lm.model.embed_tokens.weight, mode="sum",
-                            padding_idx=PAD).view(B, L, -1)
+        off = self.cfg.audio_offset
+        audio = ids - off  # (B, L, 8): rows of audio_embed, negative for specials, text and pad
+        w = self.audio_embed.weight
+        # the audio rows of all 8 streams summed in one lookup; a weight of 0 drops the other cells
+        x = F.embedding_bag(audio.clamp(min=0).view(-1, S), w, mode="sum",
+                            per_sample_weights=(audio >= 0).view(-1, S).to(w.dtype)).view(B, L, -1)
+        text = ids[..., 0].masked_fill(ids[..., 0] >= off, PAD)  # (B, L)
+        x = x + self.lm.model.embed_tokens(text).masked_fill((text == PAD)[..., None], 0.0)  # pad embeds to zero
         slots = ids[..., 0] == AUDIO_IN
         n = int(slots.sum())
         if n or audio_feats is not None:
@@ -450,13 +469,15 @@ class UALM(nn.Module):
         return self.lm.model(self.embed(ids, audio_feats), position_ids, mask, input_pos, segments)
 
     def text_logits(self, h):
-        """h (..., d) -> stream-0 logits over the whole unified vocabulary (..., V)."""
-        return self.lm.lm_head(h)
+        """h (..., d) -> stream 0's logits (..., audio_offset + 1025): the specials and text from
+        lm_head, then codebook 0's interval from audio_head, so index i is unified id i.
+        e.g. 256 specials, 4096 text rows -> 5377 logits; index 4352 is codebook 0's pad."""
+        first = self.audio_head.weight[:INTERVAL]  # (1025, d): codebook 0 (stream 0 adds no stream embedding)
+        return torch.cat([self.lm.lm_head(h), F.linear(h, first)], -1)
 
     def audio_logits(self, h):
         """h (..., d) -> per-codebook logits (..., 8, 1025); index 0 is the codebook's pad."""
-        off = self.cfg.audio_offset
-        w = self.lm.lm_head.weight[off:off + N_STREAMS * INTERVAL].view(N_STREAMS, INTERVAL, -1)
+        w = self.audio_head.weight.view(N_STREAMS, INTERVAL, -1)
         s = torch.cat([self.stream_emb.new_zeros(1, h.shape[-1]), self.stream_emb]).to(h.dtype)
         x = h.unsqueeze(-2) + s  # (..., 8, d)
         return torch.einsum("...kd,kvd->...kv", x, w)
@@ -466,9 +487,10 @@ class UALM(nn.Module):
 
     @classmethod
     def from_qwen(cls, path, audio_dim=0, dtype=None, device=None):
-        """Start from a Qwen2.5 checkpoint: its blocks as they are, its text rows moved
-        up by N_SPECIAL, new rows (specials, codec intervals) drawn at the scale of the
-        pretrained rows (the release uses N(0, 1), far off the pretrained scale)."""
+        """Start from a Qwen2.5 checkpoint: its blocks as they are, its text rows moved up by
+        N_SPECIAL (tied or untied, as Qwen has them), the new rows (the specials, audio_embed,
+        audio_head) drawn at the scale of the pretrained rows (the release uses N(0, 1), far off
+        the pretrained scale)."""
         qwen = Qwen2.from_pretrained(path)
         cfg = UALMConfig(text_size=qwen.cfg.vocab_size, audio_dim=audio_dim, backbone=asdict(qwen.cfg))
         with torch.device("meta"):
@@ -479,13 +501,16 @@ class UALM(nn.Module):
         heads = ("model.embed_tokens.weight", "lm_head.weight")
         result = model.lm.load_state_dict({k: v for k, v in qwen.state_dict().items() if k not in heads}, strict=False)
         assert set(result.missing_keys) <= set(heads) and not result.unexpected_keys, result
-        pairs = [(qwen.model.embed_tokens.weight, model.lm.model.embed_tokens.weight)]
+        emb, head = qwen.model.embed_tokens.weight, qwen.lm_head.weight  # one tensor when Qwen ties them
+        text = [(emb, model.lm.model.embed_tokens.weight)]
         if not qwen.cfg.tie_word_embeddings:
-            pairs.append((qwen.lm_head.weight, model.lm.lm_head.weight))
+            text.append((head, model.lm.lm_head.weight))
         with torch.no_grad():
-            for old, new in pairs:
-                new.normal_(0.0, old.float().std().item())  # new rows at the pretrained rows' scale
-                new[N_SPECIAL:N_SPECIAL + old.shape[0]] = old
+            for old, new in text:  # the specials drawn, then Qwen's text rows above them
+                new.normal_(0.0, old.float().std().item())
+                new[N_SPECIAL:] = old
+            model.audio_embed.weight.normal_(0.0, emb.float().std().item())  # the audio rows: new tables
+            model.audio_head.weight.normal_(0.0, head.float().std().item())
         if cfg.backbone_config().tie_word_embeddings:
             model.lm.lm_head.weight = model.lm.model.embed_tokens.weight
         return model.to(device=device, dtype=dtype or qwen.model.embed_tokens.weight.dtype)

@@ -26,7 +26,7 @@ learned its flows from:
     dialogue  user: "Ask me about it first. <vague prompt>"
               model: a question <|eos|>, answered from --answers or the terminal, and again,
               until a turn holds audio: rich caption <|eot|> audio <|eos|>
-    reflect   user: "Generate audio for this caption. <caption>"
+    reflect   user: "Plan it, listen and fix it. <caption>"
               model: plan (a rich caption) <|eot|> audio <|eos|>
               then each round, the user turn is that audio heard (codec decode, then the
               frozen encoder, as it hears any audio) and the model writes the caption of what
@@ -206,7 +206,7 @@ def reflect(rt, caption, rounds, s=Settings()):
     if rounds < 1:
         raise ValueError(f"--rounds is {rounds}; give at least 1")
     c = Chain(rt, s)
-    start = [c.said(tasks.TTA_PROMPT + caption)]
+    start = [c.said(tasks.REFLECT_PROMPT + caption)]
     turn = c.turn(start)
     i = last_audio(turn)
     start, attempt = start + turn[:i], turn[i]  # the plan, then the audio each round replaces

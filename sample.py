@@ -28,31 +28,35 @@ from tqdm import tqdm
 
 from checkpoint import load_ckpt, module_from
 from clap import Clap
-from codec import FRAME_RATE, HOP, SAMPLE_RATE, Codec
+from codec import FRAME_RATE, HOP, SAMPLE_RATE
 from data import load_audio
-from encoder import MIN_SAMPLES
+from encoder import MIN_SAMPLES, AudioEncoder
 from model import (ASSISTANT, AUDIO, DTYPES, EOS, EOT, INTERVAL, N_SPECIAL, N_STREAMS, PAD, TEXT, UALM, UALMConfig,
                    compile_step, sample_next)
+from parts import check_tokenizer, load_codec, load_ears, load_tokenizer, run_parts
 from sequences import build, delay_cells, delay_pattern, undelay_pattern
-from tokenizer import QwenTokenizer, SPTokenizer
 from utils import fail
 from vae import MASTER_SR, EnhanceVAE
 
 
 @dataclass
 class Runtime:
-    """Everything sampling needs, from one folder of train.py's checkpoints."""
+    """Everything sampling needs, from one folder of train.py's checkpoints and the parts the
+    run was trained with (parts.py)."""
     model: UALM
     tok: object
-    codec: Codec
-    clap: Clap
+    codec: object  # codec.Codec or xcodec.XCodec: encode (B, N) -> (B, 8, T), decode back
+    ears: AudioEncoder  # what the model hears through (parts.load_ears)
+    clap: Clap  # the CLAP score's model (eval.py), None unless asked for
     vae: EnhanceVAE
     device: str
 
 
-def load_runtime(ckpt, need_vae=True, device="cpu", dtype=None):
-    """runs/sft.pt -> Runtime with the tokenizer, codec.pt, clap.pt and vae.pt beside it. dtype:
-    the LM's weights and KV cache (None: as saved, fp32); its logits are read in fp32."""
+def load_runtime(ckpt, need_vae=True, device="cpu", dtype=None, need_clap=False):
+    """runs/sft.pt -> Runtime with the run's tokenizer, codec and ears (its recorded parts, or
+    the toy ones beside it: tokenizer/, codec.pt, clap.pt), and vae.pt (and clap.pt's CLAP)
+    beside it. dtype: the LM's weights and KV cache (None: as saved, fp32); its logits are
+    read in fp32."""
     folder = os.path.dirname(os.path.abspath(ckpt))
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"{ckpt}: no such checkpoint; train one with `python train.py --stage all` "
@@ -60,20 +64,20 @@ def load_runtime(ckpt, need_vae=True, device="cpu", dtype=None):
     how = "python train.py --stage all"
     ck = load_ckpt(ckpt, "UALM", how)
     model = module_from(UALM, UALMConfig, ck, ckpt, how)
-    init_from = ck["args"].get("init_from")
-    tok = QwenTokenizer.from_pretrained(init_from) if init_from else SPTokenizer.from_pretrained(
-        os.path.join(folder, "tokenizer"))
-    codec = Codec.from_checkpoint(os.path.join(folder, "codec.pt"))
-    clap = Clap.from_checkpoint(os.path.join(folder, "clap.pt"))
+    parts = run_parts(ck, ckpt)
+    tok = load_tokenizer(parts, folder)
+    check_tokenizer(tok, model.cfg.text_size, parts["init_from"] or os.path.join(folder, "tokenizer"))
+    codec, ears = load_codec(parts, folder), load_ears(parts, folder)
+    clap = Clap.from_checkpoint(os.path.join(folder, "clap.pt")).to(device) if need_clap else None
     vae = EnhanceVAE.from_checkpoint(os.path.join(folder, "vae.pt")).to(device) if need_vae else None
-    return Runtime(model.eval().to(device, dtype), tok, codec.eval().to(device), clap.to(device), vae, device)
+    return Runtime(model.eval().to(device, dtype), tok, codec.eval().to(device), ears.to(device), clap, vae, device)
 
 
 @torch.no_grad()
 def listen(rt, path_or_wave):
     """A wav file (any rate, any channels) or a 16 kHz waveform -> encoder frames (T25, d)."""
     x = load_audio(path_or_wave) if isinstance(path_or_wave, str) else path_or_wave
-    return rt.clap.hear([torch.as_tensor(x, device=rt.device)])[0][0]
+    return rt.ears.listen([torch.as_tensor(x, device=rt.device)])[0][0]
 
 
 @torch.no_grad()

@@ -16,9 +16,10 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
     dialogue     user: "Ask me about it first. <vague prompt>", then the model asks until
                  the caption is complete, then assistant: "<rich caption>", assistant: audio
                  (the instruction tells it from enrich, which begins the same way)
-    reflect      user: caption -> assistant: plan (rich caption), first audio (out of the
-                 loss when flawed), user: that audio heard, assistant: the caption of what
-                 it heard, the critique, and, when the critique found a problem, corrected audio
+    reflect      user: "Plan it, listen and fix it. <caption>" -> assistant: plan (rich
+                 caption), first audio (out of the loss when flawed), user: that audio heard,
+                 assistant: the caption of what it heard, the critique, and, when the critique
+                 found a problem, corrected audio (the instruction tells it from tta)
 """
 
 import os
@@ -28,6 +29,7 @@ from tokenizer import QwenTokenizer, SPTokenizer
 
 TTA_PROMPT = "Generate audio for this caption. "  # the release's text-to-audio instruction, before the caption
 DIALOGUE_PROMPT = "Ask me about it first. "  # tells a dialogue from an enrichment, which starts the same way
+REFLECT_PROMPT = "Plan it, listen and fix it. "  # tells self-reflection (plan first) from tta (audio at once)
 # the dialogue's questions, one per part of a rich caption: Keywords, Layout, Description
 ASK_SOUNDS = "Which sounds should it have?"
 ASK_LAYOUT = "Should they play one after the other or at the same time?"
@@ -102,7 +104,7 @@ def reflect(item, A, flawed=True):
     right, heard as the caption, and the critique says so and ends the turn (<|eos|>)."""
     first = item["location"] if flawed else item["reference"]
     heard = item["flawed_caption"] if flawed else item["caption"]
-    msgs = [{"role": "user", "text": TTA_PROMPT + item["caption"]},
+    msgs = [{"role": "user", "text": REFLECT_PROMPT + item["caption"]},
             {"role": "assistant", "text": item["rich_caption"]},
             {"role": "assistant", "codes": A["codes"][first], "loss": not flawed},
             {"role": "user", "feats": A["feats"][first]},
@@ -134,7 +136,7 @@ def texts_of(args):
     """Every text of the data folder: the tokenizer's training corpus."""
     gen = read_generation(os.path.join(args.data, "generation.jsonl"))
     out = [r[k] for r in gen for k in ("caption", "rich_caption", "vague_prompt")]
-    out += [TTA_PROMPT, ASK_SOUNDS, ASK_LAYOUT, ASK_DETAILS, NO_PROBLEM]
+    out += [TTA_PROMPT, DIALOGUE_PROMPT, REFLECT_PROMPT, ASK_SOUNDS, ASK_LAYOUT, ASK_DETAILS, NO_PROBLEM]
     out += [a for r in gen for _, a in dialogue_turns(r)]
     out += [t["value"] for it in read_understanding(os.path.join(args.data, "understanding.json"))
             for t in it["conversations"]]

@@ -15,8 +15,10 @@ Train every part of UALM on the toy world (or on real data in the same manifest 
 
 Each stage reads the manifests in --data, writes its checkpoint into --out atomically
 and prints its evaluation on held-out clips (the last --n_eval clips of the manifest).
-With --init_from a Qwen2.5 folder, the LM starts from those weights and that tokenizer;
-under torchrun it trains with DDP, or FSDP2 with --fsdp.
+The LM's parts are the toy ones unless --init_from (a Qwen2.5 folder: its weights and its
+tokenizer), --codec (an X-codec folder) or --encoder (a Whisper folder) name real ones
+(parts.py); the first LM stage records them and every later stage reads them from the run.
+Under torchrun the LM trains with DDP, or FSDP2 with --fsdp.
 """
 
 import argparse
@@ -44,6 +46,7 @@ from checkpoint import load_ckpt, load_module, optimizer_state, optimizer_tensor
 from data import SerialPool, load_audio
 from dpo import train_dpo
 from model import DTYPES, N_SPECIAL, PRESETS, UALM, UALMConfig
+from parts import CACHED, adopt, check_folder, check_tokenizer, describe, load_codec, load_ears, parts_of
 from sequences import build, cfg_dropout, collate, loss_sums, n_loss_positions, pack
 from tasks import generation_clips, get_tokenizer, lm_data
 from utils import atomic_path, fail, learning_rate
@@ -74,6 +77,9 @@ def stereo_pair(row, x):
 
 
 def stage_codec(args):
+    if args.codec:
+        raise ValueError(f"--codec {args.codec} is a trained X-codec, and --stage codec fits the toy codec; "
+                         "drop --codec, or skip this stage")
     train, held = generation_clips(args)
     clips = [mono(r) for r in train[:args.codec_clips]]
     teacher = None
@@ -96,9 +102,10 @@ def stage_codec(args):
 
 def stage_vae(args):
     path = os.path.join(args.out, "codec.pt")
-    if not os.path.isfile(path):
-        fail(f"{path} not found: the VAE learns to enhance the codec's output; run `python train.py --stage codec` first")
-    codec = codec_lib.Codec.from_checkpoint(path)
+    if not args.codec and not os.path.isfile(path):
+        fail(f"{path} not found: the VAE learns to enhance the codec's output; run `python train.py --stage codec` "
+             "first, or pass --codec")
+    codec = load_codec(parts_of(args), args.out)
     train, held = generation_clips(args)
     pairs = [stereo_pair(r, mono(r)) for r in train[:args.vae_clips]]
     t = time.time()
@@ -125,36 +132,42 @@ def stage_clap(args):
 # ----------------------------------------------------------------------------- the LM's data
 
 
-_EARS = {}  # in each cache worker: the codec and the CLAP audio tower
+_PARTS = {}  # in each cache worker: the codec and the ears (parts.py)
 
 
-def _load_ears(out, one_thread=True):
+def _load_parts(out, parts, one_thread=True):
     if one_thread:  # one process per core beats two threads on these small convs
         torch.set_num_threads(1)
-    _EARS["codec"] = codec_lib.Codec.from_checkpoint(os.path.join(out, "codec.pt"))
-    _EARS["clap"] = clap_lib.Clap.from_checkpoint(os.path.join(out, "clap.pt"))
+    _PARTS["codec"], _PARTS["ears"] = load_codec(parts, out), load_ears(parts, out)
 
 
 @torch.no_grad()
 def _cache_clip(path):
     """One clip -> (path, codec codes (8, T) int16, encoder frames (T25, d) fp16)."""
     x = torch.from_numpy(load_audio(path))
-    return path, _EARS["codec"].encode(x[None])[0].short(), _EARS["clap"].hear([x])[0][0].half()
+    return path, _PARTS["codec"].encode(x[None])[0].short(), _PARTS["ears"].listen([x])[0][0].half()
 
 
 def audio_cache(args, data):
-    """Codec codes and encoder frames of every clip, computed once (one process per core):
-    runs/cache.pt, {"codes": {path: (8, T) int16}, "feats": {path: (T25, d) fp16}}."""
+    """Codec codes and encoder frames of every clip, computed once (one process per core) with
+    the run's codec and ears: runs/cache.pt, {"codes": {path: (8, T) int16}, "feats": {path:
+    (T25, d) fp16}, "parts": {"codec": folder or None, "encoder": folder or None}}."""
     path = os.path.join(args.out, "cache.pt")
+    parts = parts_of(args)
     if os.path.isfile(path):
-        return load_ckpt(path, "audio cache", f"python train.py --stage {args.stage}")
+        cache = load_ckpt(path, "audio cache", f"python train.py --stage {args.stage}")
+        made = cache.get("parts", dict.fromkeys(CACHED))
+        if made != {flag: parts[flag] for flag in CACHED}:
+            raise ValueError(f"{path} holds the codes and frames of other parts ({describe(made)}) than this run's; "
+                             "train with the parts it was made with, or delete it")
+        return cache
     paths = sorted({r["location"] for r in data["tta"][0] + data["tta"][1]}
                    | {r["location"] for part in data["reflect"] for r in part})
-    cache = {"kind": "audio cache", "codes": {}, "feats": {}}
+    cache = {"kind": "audio cache", "codes": {}, "feats": {}, "parts": {flag: parts[flag] for flag in CACHED}}
     workers = min(os.cpu_count() or 1, 8)
-    with Pool(workers, initializer=_load_ears, initargs=(args.out,)) if workers > 1 else SerialPool() as pool:
+    with Pool(workers, initializer=_load_parts, initargs=(args.out, parts)) if workers > 1 else SerialPool() as pool:
         if workers == 1:
-            _load_ears(args.out, one_thread=False)
+            _load_parts(args.out, parts, one_thread=False)
         for p, codes, feats in tqdm(pool.imap(_cache_clip, paths, chunksize=16), total=len(paths),
                                     desc="caching codec codes and encoder frames"):
             cache["codes"][p], cache["feats"][p] = codes, feats
@@ -225,30 +238,36 @@ def lm_model(args, tok, audio_dim):
 
 
 def set_trainable(args, model):
-    """Everything trains, except in align: only the adapter, and with --init_from the rows
-    Qwen did not have (the pretrained text rows get a zero gradient)."""
+    """Everything trains, except in align: only the adapter, and with --init_from the embedding
+    rows Qwen did not have (the specials; the pretrained text rows get a zero gradient) and the
+    audio embedding."""
     if args.stage != "align":
         return
     model.requires_grad_(False)
     model.adapter.requires_grad_(True)
     if args.init_from:
+        model.audio_embed.requires_grad_(True)
         emb = model.lm.model.embed_tokens.weight.requires_grad_(True)
         text_rows = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
-        text_rows[N_SPECIAL:N_SPECIAL + model.cfg.text_size] = 1
+        text_rows[N_SPECIAL:] = 1
         emb.register_hook(lambda g: g * (1 - text_rows))
 
 
 def stage_lm(args):
     rank, world = distributed(args)
+    source = args.stage if args.resume else LM_STAGES[args.stage]  # a checkpoint of this run, if any
+    if source:  # the run's parts, as its checkpoint recorded them
+        adopt(args, os.path.join(args.out, f"{source}.pt"), f"python train.py --stage {source}", source)
     if rank > 0:
-        dist.barrier()  # rank 0 writes the tokenizer and the cache; the others then read them
-    tok = get_tokenizer(args)
+        dist.barrier()  # rank 0 writes the cache and the tokenizer; the others then read them
     data = lm_data(args)
     cache = audio_cache(args, data)
+    tok = get_tokenizer(args)
     if rank == 0 and world > 1:
         dist.barrier()
     audio_dim = next(iter(cache["feats"].values())).shape[-1]
     model = lm_model(args, tok, audio_dim)
+    check_tokenizer(tok, model.cfg.text_size, args.init_from or os.path.join(args.out, "tokenizer"))
     mix = MIXTURES[args.stage]
     items = {t: data[t][0] for t in mix}
     stream = Stream(items, mix, cache, tok, model.cfg, args.seed)
@@ -312,7 +331,7 @@ def fit(args, model, stream, held):
         ck = load_ckpt(path, "UALM", f"python train.py --stage {args.stage}", args.stage)
         if ck["config"] != asdict(model.cfg):
             raise ValueError(f"{path} holds a model of another shape than this run's; resume with the arguments "
-                             "it was started with (--preset, --init_from, --vocab_size), or drop --resume")
+                             "it was started with (--preset, --vocab_size), or drop --resume")
         model.load_state_dict(ck["model"])
         step, state, log = ck["step"], ck["data_state"], ck["log"]
         torch.set_rng_state(ck["rng"])
@@ -440,6 +459,9 @@ def stage_all(args):
         if os.path.isfile(os.path.join(args.out, f"{name}.pt")):
             print(f"{name}: {args.out}/{name}.pt exists, skipped")
             continue
+        if name == "codec" and args.codec:
+            print(f"codec: --codec {args.codec}, nothing to fit")
+            continue
         args.stage, args.steps = name, steps or STAGE_STEPS.get(name, 0)
         t = time.time()
         STAGE_FNS[name](args)
@@ -486,7 +508,12 @@ def main():
     d.add_argument("--dpo_lr", type=float, default=3e-5,
                    help="small: 100 steps over a few dozen pairs must not pull the policy far from the reference")
     g = p.add_argument_group("the language model (gen, align, pretrain, sft)")
-    g.add_argument("--init_from", default=None, help="a Qwen2.5 checkpoint folder (HF format) to start from")
+    g.add_argument("--init_from", default=None, help="a Qwen2.5 checkpoint folder (HF format) to start from, and "
+                   "its tokenizer (default: the --preset shape and a SentencePiece tokenizer)")
+    g.add_argument("--codec", default=None, help="an X-codec folder (HF XcodecModel) to write audio in (default: "
+                   "the toy codec, runs/codec.pt)")
+    g.add_argument("--encoder", default=None, help="a Whisper folder whose frozen encoder the LM hears through "
+                   "(default: CLAP's audio tower, runs/clap.pt)")
     g.add_argument("--preset", default="tiny", choices=list(PRESETS), help="backbone shape without --init_from")
     g.add_argument("--vocab_size", type=int, default=1024, help="SentencePiece vocabulary without --init_from")
     g.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default per stage: {STAGE_STEPS})")
@@ -521,6 +548,13 @@ def main():
     if args.resume and not os.path.isfile(os.path.join(args.out, f"{args.stage}.pt")):
         fail(f"--resume: {os.path.join(args.out, args.stage + '.pt')} does not exist; run without --resume to "
              "start the stage")
+    try:
+        for flag, folder in parts_of(args).items():  # each part checked before anything is written
+            if folder:
+                check_folder(flag, folder)
+                setattr(args, flag, folder)  # recorded as an absolute path
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     try:

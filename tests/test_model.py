@@ -271,7 +271,9 @@ def test_redundant_lm_head_in_tied_checkpoint(ckpts, tmp_path):
 @pytest.mark.parametrize("name", ["tied", "untied"])
 def test_ualm_from_qwen_keeps_text_behaviour(ckpts, name):
     """A text-only [B, L, 8] grid (text in stream 0, pad elsewhere) through the extended
-    model gives, on the text interval, exactly the logits of the original checkpoint."""
+    model gives, on the text interval, exactly the logits of the original checkpoint. The
+    text rows keep Qwen's tying; the audio rows are two new, separate tables (the release's
+    nn.Embedding and nn.Linear), tied or not."""
     path, ref = ckpts[name]
     u = UALM.from_qwen(path, audio_dim=16)
     cfg = u.cfg
@@ -280,13 +282,21 @@ def test_ualm_from_qwen_keeps_text_behaviour(ckpts, name):
     grid = torch.zeros(2, 13, N_STREAMS, dtype=torch.long)
     grid[..., 0] = x + N_SPECIAL
     with torch.no_grad():
-        got = u.text_logits(u(grid))[..., N_SPECIAL:N_SPECIAL + V]
-        torch.testing.assert_close(got, ref(x).logits, atol=1e-4, rtol=1e-4)
-    emb = u.lm.model.embed_tokens.weight
+        logits = u.text_logits(u(grid))
+        torch.testing.assert_close(logits[..., N_SPECIAL:N_SPECIAL + V], ref(x).logits, atol=1e-4, rtol=1e-4)
+    assert logits.shape[-1] == cfg.audio_offset + 1025  # specials, text, then codebook 0's interval
+    emb, head = u.lm.model.embed_tokens.weight, u.lm.lm_head.weight
+    assert emb.shape == head.shape == (N_SPECIAL + V, 64)
+    assert (emb is head) == (name == "tied") and u.lm.cfg.tie_word_embeddings == (name == "tied")
+    assert torch.equal(emb[N_SPECIAL:], ref.model.embed_tokens.weight)
+    params = dict(u.named_parameters(remove_duplicate=False))
+    assert params["audio_embed.weight"].shape == params["audio_head.weight"].shape == (N_STREAMS * 1025, 64)
+    assert params["audio_embed.weight"].data_ptr() != params["audio_head.weight"].data_ptr()
+    assert not any(p is params["audio_embed.weight"] or p is params["audio_head.weight"]
+                   for n, p in params.items() if n not in ("audio_embed.weight", "audio_head.weight"))
     old = ref.model.embed_tokens.weight
-    new_rows = torch.cat([emb[:N_SPECIAL], emb[N_SPECIAL + V:]])
-    assert 0.8 < new_rows.std().item() / old.std().item() < 1.2  # new rows at the pretrained scale
-    assert u.lm.cfg.tie_word_embeddings == (name == "tied")
+    for new_rows in (emb[:N_SPECIAL], u.audio_embed.weight, u.audio_head.weight):
+        assert 0.8 < new_rows.std().item() / old.std().item() < 1.2  # new rows at the pretrained scale
 
 
 def test_ualm_streams_and_audio_slots(monkeypatch):
@@ -307,22 +317,24 @@ def test_ualm_streams_and_audio_slots(monkeypatch):
     grid[0, 3:8] = ids.T  # five audio frames
     grid[0, 8, 0] = PAD
     feats = torch.randn(2, 12)
-    W = u.lm.model.embed_tokens.weight
+    W, A = u.lm.model.embed_tokens.weight, u.audio_embed.weight
     with torch.no_grad():
         x = u.embed(grid, feats)
         torch.testing.assert_close(x[0, 0], W[N_SPECIAL + 7])
         torch.testing.assert_close(x[0, 1:3], u.adapter(feats))
         torch.testing.assert_close(u.embed(grid, feats.half()), x, atol=1e-2, rtol=1e-2)  # features cached in fp16
-        torch.testing.assert_close(x[0, 3:8], W[ids.T].sum(1))
+        torch.testing.assert_close(x[0, 3:8], A[ids.T - cfg.audio_offset].sum(1))
         assert x[0, 8].abs().max() == 0  # pad embeds to zero
         h = u(grid, feats)
         al = u.audio_logits(h)  # (1, 9, 8, 1025)
-        full = torch.stack([u.lm.lm_head(h + (u.stream_emb[k - 1] if k else 0)) for k in range(N_STREAMS)], 2)
+        full = torch.stack([u.audio_head(h + (u.stream_emb[k - 1] if k else 0)) for k in range(N_STREAMS)], 2)
         for k in range(N_STREAMS):
-            lo = cfg.audio_offset + k * 1025
-            torch.testing.assert_close(al[:, :, k], full[:, :, k, lo:lo + 1025], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(al[:, :, k], full[:, :, k, k * 1025:(k + 1) * 1025], atol=1e-5, rtol=1e-5)
         for last in (h[:, -1], h[0, -2:]):  # one and two rows, as decoding calls it
             torch.testing.assert_close(u.audio_logits(last), al[0, -last.shape[0]:].view_as(u.audio_logits(last)))
+        tl = u.text_logits(h)  # stream 0: text, then codebook 0, indexed by unified id
+        torch.testing.assert_close(tl[..., :cfg.audio_offset], u.lm.lm_head(h))
+        torch.testing.assert_close(tl[..., cfg.audio_offset:], al[:, :, 0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="1 audio frames given for 2"):
         u.embed(grid, feats[:1])
 

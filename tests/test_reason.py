@@ -74,20 +74,23 @@ def driven_model(audio_first, text_end, audio_end):
     codebook 0's pad (a zero row) never among the top 20, so every clip runs to max_frames."""
     torch.manual_seed(0)
     m = UALM(CFG).eval()
-    E, W, off = m.lm.model.embed_tokens.weight, m.lm.lm_head.weight, CFG.audio_offset
+    E, W = m.lm.model.embed_tokens.weight, m.lm.lm_head.weight  # specials and text
+    A, H = m.audio_embed.weight, m.audio_head.weight  # the audio rows
     attn = m.lm.model.layers[0].self_attn
     with torch.no_grad():
         E.zero_()
+        A.zero_()
         E[ASSISTANT, 0] = E[TEXT, 1] = E[WORD, 2] = 1.0
-        E[off:, 3] = 1.0 / N_STREAMS
-        E[1:, 7] = 1.0
+        A[:, 3] = 1.0 / N_STREAMS
+        E[1:, 7] = A[:, 7] = 1.0
         for p in (attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight,
                   attn.v_proj.bias, attn.o_proj.weight, m.lm.model.layers[0].mlp.down_proj.weight,
                   *m.adapter.parameters()):
             p.zero_()
         attn.v_proj.weight[0, 3] = attn.v_proj.weight[1, 2] = 1.0  # kv head 0, channels 0 and 1
         attn.o_proj.weight[4, 0] = attn.o_proj.weight[5, 1] = 1.0  # head 0's channels -> dimensions 4 and 5
-        W[:off + 1] = 0.0
+        W.zero_()
+        H[0] = 0.0  # codebook 0's pad
         W[WORD, 1] = 1000.0
         W[text_end, 2] = 1000.0
         W[audio_end, 3] = 1000.0
@@ -294,7 +297,7 @@ def test_reflect_replays_the_template_each_round(monkeypatch, rt, settings):
     model = Scripted(monkeypatch, segments(flawed) + segments(fine)[2:])
     steps = reason.reflect(rt, row["caption"], 5, settings)
     assert_prefixes(model.calls, training_cuts(flawed) + training_cuts(fine)[2:])
-    assert steps[0]["content"] == tasks.TTA_PROMPT + row["caption"]
+    assert steps[0]["content"] == tasks.REFLECT_PROMPT + row["caption"]
     assert flow(steps) == ["user", "text eot", "audio eos", "hears", "text eot", "text eot", "audio eos", "hears",
                            "text eot", "text eos"]
     heard = [s["path"] for s in steps if s["role"] == "user" and s["kind"] == "audio"]

@@ -93,19 +93,19 @@ def counting_model(rows, stop_at, nats):
     Its embedding's dimension 0 is -3 on text and special rows and +3 on audio rows (8 of
     them summed in a frame); q and k are zero, so attention averages over every position
     so far, and v / o copy the normed dimension 0 into dimension 1: a counter of
-    (frames - prefix rows) / positions that rises with each frame. The head (tied) reads
+    (frames - prefix rows) / positions that rises with each frame. The audio head reads
     dimension 1 only in the row of codebook 0's pad, scaled and shifted, measured on a
     teacher-forced path, so that its logit, relative to codebook 0's other codes, is
     -nats after stop_at - 1 frames and +nats after stop_at."""
     torch.manual_seed(0)
     model = UALM(COUNTER).eval()
     off = COUNTER.audio_offset
-    W = model.lm.model.embed_tokens.weight  # = lm_head.weight
+    E, A, H = model.lm.model.embed_tokens.weight, model.audio_embed.weight, model.audio_head.weight
     attn = model.lm.model.layers[0].self_attn
     with torch.no_grad():
-        W[:, :2] = 0
-        W[:, 0] = -3.0
-        W[off:, 0] = 3.0
+        for W, sign in ((E, -1), (A, 1), (H, 1)):
+            W[:, :2] = 0
+            W[:, 0] = 3.0 * sign
         for p in (attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight,
                   attn.v_proj.bias, attn.o_proj.weight, model.lm.model.layers[0].mlp.down_proj.weight):
             p.zero_()
@@ -117,8 +117,8 @@ def counting_model(rows, stop_at, nats):
             seq = torch.cat([seq, (off + INTERVAL * torch.arange(N_STREAMS) + 1)[None]])
         h1 = torch.stack(h)[:, 1]
         scale = 2 * nats / (h1[stop_at] - h1[stop_at - 1])
-        W[off, 1] = scale
-        W[off, 0] += -scale * (h1[stop_at] + h1[stop_at - 1]) / 2 / h[stop_at][0]
+        H[0, 1] = scale
+        H[0, 0] += -scale * (h1[stop_at] + h1[stop_at - 1]) / 2 / h[stop_at][0]
     return model
 
 
@@ -286,7 +286,7 @@ def test_cli_answers_in_text(tiny_run, tmp_path, monkeypatch, capsys):
         messages = [{"role": "user", "text": question}]
         if heard:
             with torch.no_grad():
-                feats, _ = rt.clap.hear([torch.from_numpy(load_audio(wav))])
+                feats, _ = rt.ears.listen([torch.from_numpy(load_audio(wav))])
             messages.append({"role": "user", "feats": feats[0]})
         s = build(messages, rt.tok.encode, rt.model.cfg)
         rows = torch.cat([s.ids, torch.tensor([[ASSISTANT] + [0] * 7, [TEXT] + [0] * 7])])

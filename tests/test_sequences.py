@@ -142,10 +142,11 @@ def test_loss_weights_by_hand():
     ce = []
     for r in range(1, len(s)):
         if s.kind[r] == TOKEN:
-            ce.append(F.cross_entropy(model.text_logits(h[r - 1]), s.ids[r, 0]))
+            stream0 = torch.cat([model.lm.lm_head(h[r - 1]), model.audio_head(h[r - 1])[:1025]])  # text, codebook 0
+            ce.append(F.cross_entropy(stream0, s.ids[r, 0]))
         elif s.kind[r] == FRAME:
-            logits = model.lm.lm_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
-            per = [F.cross_entropy(logits[k, CFG.audio_offset + 1025 * k:CFG.audio_offset + 1025 * (k + 1)],
+            logits = model.audio_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
+            per = [F.cross_entropy(logits[k, 1025 * k:1025 * (k + 1)],
                                    s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)]
             ce.append(sum(per) / 8)
     assert int(got["n"]) == len(ce) == 3 + 8  # <|assistant|>, <|audio|>, <|eos|> and 1 + 7 delayed rows
@@ -202,8 +203,8 @@ def test_frame_nll_is_each_frames_codebook_mean_by_hand():
     want = []
     for r in range(1, len(s)):
         if s.kind[r] == FRAME:
-            logits = model.lm.lm_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
-            want.append(sum(F.cross_entropy(logits[k, CFG.audio_offset + 1025 * k:CFG.audio_offset + 1025 * (k + 1)],
+            logits = model.audio_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
+            want.append(sum(F.cross_entropy(logits[k, 1025 * k:1025 * (k + 1)],
                                             s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)) / 8)
     got = frame_nll(model, s)
     assert len(want) == 3 + 7
