@@ -10,8 +10,10 @@ reference measured in the same process or run, never an absolute number to trust
     python bench.py sample     # text-to-audio with CFG on the trained toy model: x real time, split by part,
                                # eager and with sample.py --compile
     python bench.py all
-    python bench.py gpu        # on CUDA: decode (eager, compiled, transformers), training tokens/s and MFU,
-                               # the frame loop of sampling; Qwen2.5-0.5B and 1.5B shapes, bf16
+    python bench.py gpu        # the GPU check in one call: the CUDA tests, then decode (eager, compiled,
+                               # transformers), training tokens/s and MFU, the frame loop of sampling at the
+                               # Qwen2.5-0.5B and 1.5B shapes, bf16; one table at the end. Sized to finish in
+                               # under 8 minutes on one H100 (the table's header gives the wall time)
 
 Needs the test requirements (transformers, tokenizers, safetensors) for the references.
 """
@@ -29,6 +31,7 @@ import torch
 
 from checkpoint import save_safetensors
 from model import PRESETS, Qwen2, compile_step, decode_one
+from utils import fail
 
 
 def sync(device):
@@ -421,7 +424,7 @@ def timed(fn, device, repeats=3):
 @torch.no_grad()
 def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
     """Greedy tokens/s, eager and compiled, against transformers' generate and the bound
-    (bytes of weights a token over the measured copy bandwidth)."""
+    (bytes of weights a token over the measured copy bandwidth). Returns the table's rows."""
     torch.manual_seed(0)
     model = Qwen2(PRESETS[preset]).eval()
     ref = hf_twin(model).to(device, dtype)
@@ -446,12 +449,18 @@ def gpu_decode(preset, device, dtype, new_tokens=64, batch=1):
     print(f"  bound: {nbytes / 1e9:.2f} GB of weights a token -> {bound:.0f} tok/s; compiled / transformers "
           f"{res['transformers'][0] / res['ours compiled'][0]:.2f}x, eager / transformers "
           f"{res['transformers'][0] / res['ours eager'][0]:.2f}x")
+    ref = res["transformers"][0]
+    return [(f"decode {name[5:]}", preset, f"{new_tokens / res[name][0]:.0f} tok/s",
+             f"transformers {new_tokens / ref:.0f} tok/s; bound {bound:.0f} tok/s",
+             f"{ref / res[name][0]:.2f}x; {new_tokens / res[name][0] / bound:.1%} of the bound")
+            for name in ("ours eager", "ours compiled")]
 
 
 def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
     """Training tokens/s and MFU of UALM at a Qwen2.5 shape, bf16 autocast and AdamW as train.py,
     eager (attention per packed sample) and compiled (one dense mask). FLOPs are counted by
-    torch's FlopCounterMode on the eager step (attention within samples only, counted in full)."""
+    torch's FlopCounterMode on the eager step (attention within samples only, counted in full).
+    Returns the table's rows."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import UALM, UALMConfig
@@ -480,6 +489,7 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
     print(f"train {preset} UALM ({n_params / 1e9:.2f}B params) on {device}, bf16 autocast, {rows} x {budget} "
           f"packed positions ({real / (rows * budget):.1%} real), {flops / real / 1e9:.2f} GFLOP a real token; "
           f"dense bf16 matmul measured at {measured / 1e12:.0f} TFLOP/s")
+    table = []
     for name in ("eager", "compiled"):
         net = torch.compile(LossModule(model, dense_mask=True)) if name == "compiled" else LossModule(model)
         t = time.perf_counter()
@@ -489,8 +499,13 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
         peak = f", MFU {flops / sec / (peak_tflops * 1e12):.1%} of {peak_tflops:.0f} TFLOP/s" if peak_tflops else ""
         print(f"  {name:8s} {real / sec:9.0f} real tok/s, {flops / sec / measured:.1%} of the measured matmul rate"
               f"{peak} (first step {warm:.1f} s)")
+        table.append((f"train {name}", preset, f"{real / sec:.0f} real tok/s",
+                      (f"peak {peak_tflops:.0f}, " if peak_tflops else "") + f"matmul {measured / 1e12:.0f} TFLOP/s",
+                      (f"MFU {flops / sec / (peak_tflops * 1e12):.1%}; " if peak_tflops else "")
+                      + f"{flops / sec / measured:.1%} of matmul"))
     if kind == "cuda":
         print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    return table
 
 
 @torch.no_grad()
@@ -499,7 +514,7 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     seconds of audio per second, eager and with sample.py --compile's step, against the bound
     (the weights a frame step reads, once: the blocks and audio_head). Each
     codebook's pad row of audio_head is zeroed so that random weights never end a clip early:
-    every run writes the same number of frames."""
+    every run writes the same number of frames. Returns the table's rows."""
     import sample
     from codec import FRAME_RATE
     from model import ASSISTANT, AUDIO, BOS, INTERVAL, N_SPECIAL, N_STREAMS, UALM, UALMConfig
@@ -518,6 +533,7 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
                  if not any(p is t for t in skipped))
     bound = copy_bandwidth(device=device) / nbytes / FRAME_RATE  # x real time if a frame step read those bytes once
     print(f"sample: the LM's frame loop at {preset} shape, {str(dtype)[6:]} on {device}, CFG 3, {seconds:.0f} s clips")
+    table = []
     for name, step in (("eager", eager), ("compiled", compiled)):
         g = torch.Generator(device=device).manual_seed(0)
         sec, codes = timed(lambda: sample.generate_audio(model, rows, cfg_scale=3.0, max_frames=frames,
@@ -525,24 +541,57 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
         made = codes[0].shape[1] / FRAME_RATE
         print(f"  {name:8s} {made / sec:7.1f}x real time ({made / sec / bound:6.1%} of the bound, "
               f"{bound:.0f}x; goal: half of it compiled)")
+        table.append((f"sample {name}", preset, f"{made / sec:.1f}x real time", f"bound {bound:.0f}x",
+                      f"{made / sec / bound:.1%} of the bound"))
+    return table
+
+
+def cuda_tests(timeout=240):
+    """The CUDA tests (`pytest -k cuda` on tests/test_model.py and tests/test_train.py) in a child
+    process, before this one touches the GPU; their row gives pytest's summary line."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests/test_model.py", "tests/test_train.py"]
+    r = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
+                       timeout=timeout)
+    summary = (r.stdout.strip().splitlines() or [f"pytest exited with {r.returncode}"])[-1].strip("= ")
+    print(f"CUDA tests: {summary}")
+    if r.returncode != 0:
+        print(r.stdout[-4000:] + r.stderr[-2000:])
+    return [("CUDA tests", "", "pytest -k cuda", "tests/test_model.py, test_train.py",
+             summary if r.returncode == 0 else f"FAILED: {summary}")]
+
+
+def print_table(rows, header=("check", "preset", "figure", "against", "ratio or status")):
+    """One markdown table, its columns padded so it also reads as plain text."""
+    w = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for r in (header, ["-" * n for n in w], *rows):
+        print("| " + " | ".join(f"{str(x):{n}s}" for x, n in zip(r, w)) + " |")
 
 
 def bench_gpu(device, presets, peak_tflops):
-    """Every GPU benchmark (decode, train, sample per preset), each part on its own so one failure leaves the rest."""
+    """The GPU check in one call: the CUDA tests, then decode, train and sample per preset, each
+    part on its own so one failure leaves the rest; then one table of every figure. At the
+    default sizes it finishes in under 8 minutes on one H100."""
+    t0 = time.perf_counter()
     dtype = torch.bfloat16
     small = torch.device(device).type == "cpu"  # a smoke run of the same code
-    parts = [(f"decode {p}", lambda p=p: gpu_decode(p, device, dtype, new_tokens=16 if small else 64)) for p in presets]
-    parts += [(f"train {p}", lambda p=p: gpu_train(p, device, 2 if small else 8, 512 if small else 2048, peak_tflops,
-                                                   steps=2 if small else 5)) for p in presets]
-    parts += [(f"sample {p}", lambda p=p: gpu_sample(p, device, dtype, seconds=1.0 if small else 5.0)) for p in presets]
-    print(f"{torch.cuda.get_device_name() if not small else 'CPU'}, torch {torch.__version__}")
-    for name, fn in parts:
+    parts = [("CUDA tests", "", cuda_tests)]
+    parts += [("decode", p, lambda p=p: gpu_decode(p, device, dtype, new_tokens=16 if small else 64)) for p in presets]
+    parts += [("train", p, lambda p=p: gpu_train(p, device, 2 if small else 8, 512 if small else 2048, peak_tflops,
+                                                 steps=2 if small else 5)) for p in presets]
+    parts += [("sample", p, lambda p=p: gpu_sample(p, device, dtype, seconds=1.0 if small else 5.0)) for p in presets]
+    rows = []
+    for check, preset, fn in parts:
         try:
-            fn()
+            rows += fn()
         except Exception as e:  # report and go on: one failing part does not cost the others' figures
-            print(f"  {name} FAILED: {type(e).__name__}: {e}")
+            print(f"  {check} {preset} FAILED: {type(e).__name__}: {e}")
+            rows.append((check, preset, "", "", f"FAILED: {type(e).__name__}"))
         if not small:
             torch.cuda.empty_cache()
+    name = "CPU" if small else torch.cuda.get_device_name()
+    print(f"\nGPU check on {name}, torch {torch.__version__}: {time.perf_counter() - t0:.0f} s in all "
+          "(sized for under 8 minutes on one H100)\n")
+    print_table(rows)
 
 
 def hf_twin_config(c):
@@ -567,6 +616,8 @@ if __name__ == "__main__":
                    help="gpu: the GPU's dense bf16 peak for MFU (989: H100 / H200 SXM); 0 for none")
     a = p.parse_args()
     if a.what == "gpu":
+        if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
+            fail("no CUDA GPU here; `--device cpu --presets tiny` runs the same check on the CPU as a smoke test")
         bench_gpu(a.device, a.presets.split(","), a.peak_tflops or None)
     if a.what in ("decode", "all"):
         for batch in (1, 2):
