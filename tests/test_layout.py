@@ -16,7 +16,7 @@ READING_ORDER = [
     "sequences", "tasks",  # conversations -> training grids
     "sample",  # generation
     "dpo", "train",  # training (train.py runs every stage, dpo.py's too)
-    "reason", "eval", "curve", "bench",  # the reasoning loop and the tools
+    "reason", "eval", "curve", "bench", "bench_gpu",  # the reasoning loop and the tools
 ]
 
 
