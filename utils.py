@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -45,3 +46,10 @@ def learning_rate(step, steps, peak, warmup=20):
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pick(cls, d):
+    """The entries of a config.json dict that are fields of the dataclass cls, lists as tuples
+    (so configs compare equal). pick(AcousticConfig, {"hidden_size": 8, "n_codebooks": 9}) == {"hidden_size": 8}"""
+    names = {f.name for f in fields(cls)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 READING_ORDER = [
     "utils", "toy.world", "toy.analyzer", "data", "tokenizer", "checkpoint",  # shared helpers, the toy world
-    "encoder", "rvq", "codec", "xcodec", "vae", "clap", "xcodec_train", "model",  # the components
+    "encoder", "rvq", "codec", "hubert", "xcodec", "vae", "clap", "xcodec_train", "model",  # the components
     "parts",  # which codec, ears and backbone a run is made of
     "sequences", "tasks",  # conversations -> training grids
     "sample",  # generation
