@@ -100,7 +100,8 @@ def gpu_train(preset, device, rows, budget, peak_tflops=None, steps=5):
     torch.manual_seed(0)
     backbone = PRESETS[preset]
     with torch.device(device):  # initialised where it runs
-        model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone)))
+        cfg = UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone), tie_audio=False)  # as from_qwen
+        model = UALM(cfg)
     batch = to_device(packed_tta_batch(model.cfg, rows, budget), device)
     real = int((batch["doc"] >= 0).sum())
     kind = torch.device(device).type
@@ -153,7 +154,8 @@ def gpu_sample(preset, device, dtype, seconds=5.0):
     torch.manual_seed(0)
     backbone = PRESETS[preset]
     with torch.device(device):
-        model = UALM(UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone))).to(dtype).eval()
+        cfg = UALMConfig(text_size=backbone.vocab_size, backbone=asdict(backbone), tie_audio=False)  # as from_qwen
+        model = UALM(cfg).to(dtype).eval()
     model.audio_head.weight[::INTERVAL] = 0  # each interval's pad id
     rows = torch.zeros(32, N_STREAMS, dtype=torch.long)
     text = N_SPECIAL + torch.randint(0, 1000, (29,))  # a 32-token prompt: bos, text, <|assistant|> <|audio|>

@@ -328,7 +328,7 @@ class Qwen2(nn.Module):
         state = load_checkpoint(path)
         with torch.device("meta"):
             model = cls(cfg)
-        check_state_dict(model, state, path, "lm_head.weight" if cfg.tie_word_embeddings else None)
+        check_state_dict(model, state, path, ["lm_head.weight"] if cfg.tie_word_embeddings else [])
         modules = dict(model.named_modules())
         for name, tensor in state.items():  # the loaded tensors become the parameters: no copy
             module, _, leaf = name.rpartition(".")
@@ -352,14 +352,14 @@ def _init_weights(m):
 # Loading: every key and shape checked before anything is assigned
 
 
-def check_state_dict(model, state, path, tied=None):
+def check_state_dict(model, state, path, tied=()):
     """Every parameter present with its shape; nothing unexpected. Raises before any copy.
-    tied: the name of a tied lm_head ("lm_head.weight" in Qwen2), which the file may leave out
-    or carry redundantly (then it is dropped)."""
+    tied: the names of tied heads (("lm_head.weight",) in a tied Qwen2), which the file may leave
+    out or carry redundantly (then they are dropped)."""
     want = {k: p.shape for k, p in model.named_parameters(remove_duplicate=False)}  # no buffers are saved
-    if tied:
-        want.pop(tied, None)
-        state.pop(tied, None)
+    for name in tied:
+        want.pop(name, None)
+        state.pop(name, None)
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or extra:
         raise ValueError(f"{path}: config.json does not match the weights: missing {missing[:4]}, "
@@ -387,6 +387,10 @@ class UALMConfig:
     text_size: int = 4096  # rows of the text vocabulary (Qwen: its embedding rows)
     audio_dim: int = 0  # width of the encoder features the adapter reads (0: no audio input)
     backbone: dict = field(default_factory=lambda: asdict(PRESETS["tiny"]))  # a Qwen2Config as a dict
+    # audio_head is audio_embed, one table read on the way in and out (the toy's choice: from random
+    # weights it learns faster tied, as the toy backbone ties its text rows); from_qwen: False, the
+    # release's two new tables
+    tie_audio: bool = True
 
     @property
     def audio_offset(self):
@@ -423,7 +427,8 @@ class UALM(nn.Module):
         ids 0 .. audio_offset - 1        specials and text: Qwen2's embed_tokens and lm_head rows
                                          (tied when the Qwen checkpoint ties them)
         ids audio_offset + k*1025 + j    codebook k's entry j (0 = its pad): row k*1025 + j of
-                                         audio_embed and of audio_head, two separate new tables
+                                         audio_embed and of audio_head, two new tables (one
+                                         shared table when cfg.tie_audio)
     Input: the 8 streams' embeddings are summed (pad, id 0, embeds to zero); positions
     whose stream 0 holds AUDIO_IN take the adapted encoder frames instead, in order.
     Output: hidden h; stream k reads its own codebook interval of audio_head from
@@ -441,6 +446,8 @@ class UALM(nn.Module):
         if not self.stream_emb.is_meta:
             self.audio_embed.apply(_init_weights)
             self.audio_head.apply(_init_weights)
+        if cfg.tie_audio:
+            self.audio_head.weight = self.audio_embed.weight
 
     def embed(self, ids, audio_feats=None):
         """ids (B, L, 8) and encoder frames (M, audio_dim) -> input embeddings (B, L, d).
@@ -492,7 +499,8 @@ class UALM(nn.Module):
         audio_head) drawn at the scale of the pretrained rows (the release uses N(0, 1), far off
         the pretrained scale)."""
         qwen = Qwen2.from_pretrained(path)
-        cfg = UALMConfig(text_size=qwen.cfg.vocab_size, audio_dim=audio_dim, backbone=asdict(qwen.cfg))
+        cfg = UALMConfig(text_size=qwen.cfg.vocab_size, audio_dim=audio_dim, backbone=asdict(qwen.cfg),
+                         tie_audio=False)
         with torch.device("meta"):
             model = cls(cfg)
         model.to_empty(device="cpu")
@@ -519,8 +527,8 @@ class UALM(nn.Module):
     def from_pretrained(cls, path):
         """A folder `python checkpoint.py --export` wrote (config.json: a UALMConfig, model.safetensors,
         tokenizer/) -> UALM in eval mode, its weights equal to the checkpoint's. As in
-        Qwen2.from_pretrained, every key and shape is checked before any copy; a tied lm_head
-        may be left out of the file."""
+        Qwen2.from_pretrained, every key and shape is checked before any copy; a tied head (lm_head,
+        audio_head) may be left out of the file."""
         raw = read_config(path)
         try:
             cfg = UALMConfig(**raw)
@@ -529,7 +537,8 @@ class UALM(nn.Module):
                              "folder with `python checkpoint.py --export runs/sft.pt --out DIR`") from None
         state = load_checkpoint(path)
         model = cls(cfg)
-        tied = cfg.backbone_config().tie_word_embeddings
-        check_state_dict(model, state, path, "lm.lm_head.weight" if tied else None)
-        model.load_state_dict(state, strict=not tied)  # tied: lm_head is the embedding, loaded with it
+        tied = [name for name, on in (("lm.lm_head.weight", cfg.backbone_config().tie_word_embeddings),
+                                      ("audio_head.weight", cfg.tie_audio)) if on]
+        check_state_dict(model, state, path, tied)
+        model.load_state_dict(state, strict=not tied)  # a tied head is its embedding, loaded with it
         return model.eval()

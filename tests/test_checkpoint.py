@@ -150,8 +150,9 @@ def test_bad_files_are_one_sentence_naming_the_file_and_the_fix(tmp_path):
 
 def test_export_reads_back_exactly(tiny_run, tmp_path):
     """`python checkpoint.py --export` on train.py's gen.pt: UALM.from_pretrained gives its
-    tensors exactly; model.safetensors is a plain safetensors file (the tied lm_head left out, as
-    in Hugging Face's files); tokenizer/ tokenizes as the run's tokenizer."""
+    tensors exactly, its heads tied again; model.safetensors is a plain safetensors file (the tied
+    heads, lm_head and the toy's audio_head, left out, as in Hugging Face's files); tokenizer/
+    tokenizes as the run's tokenizer."""
     runs, out = tiny_run / "runs", tmp_path / "ualm-gen"
     r = subprocess.run([sys.executable, "checkpoint.py", "--export", str(runs / "gen.pt"), "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -163,7 +164,8 @@ def test_export_reads_back_exactly(tiny_run, tmp_path):
     assert sorted(state) == sorted(ck["model"])
     assert all(torch.equal(state[k], v) for k, v in ck["model"].items())
     with safe_open(out / "model.safetensors", "pt") as f:
-        assert set(f.keys()) == set(ck["model"]) - {"lm.lm_head.weight"}
+        assert set(f.keys()) == set(ck["model"]) - {"lm.lm_head.weight", "audio_head.weight"}
+    assert model.audio_head.weight is model.audio_embed.weight and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
     text = "a bell rings twice, then a low hum"
     assert load_tokenizer(str(out / "tokenizer")).encode(text) == SPTokenizer.from_pretrained(
         str(runs / "tokenizer")).encode(text)

@@ -14,7 +14,8 @@ from sample import generate_audio, generate_windows, prefix, window_room
 CFG = UALMConfig(text_size=100, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=64, intermediate_size=128,
                                                             num_hidden_layers=2, num_attention_heads=4,
                                                             num_key_value_heads=2, rope_theta=10000.0,
-                                                            max_position_embeddings=1024))
+                                                            max_position_embeddings=1024),
+                 tie_audio=False)  # untied: the stopping models set a head row alone
 
 
 class Tok:

@@ -64,7 +64,10 @@ def lm_checkpoint(path):
             section, _, key = name.partition("/")
             assert torch.equal(f.get_tensor(name), ck[section][key] if key else ck[section]), name
     tied = json.loads(meta.pop("__tied__"))
-    assert tied == {"model/lm.lm_head.weight": "model/lm.model.embed_tokens.weight"}  # written once
+    heads = {"model/lm.lm_head.weight": ("model/lm.model.embed_tokens.weight",
+                                         ck["config"]["backbone"]["tie_word_embeddings"]),
+             "model/audio_head.weight": ("model/audio_embed.weight", ck["config"]["tie_audio"])}
+    assert tied == {head: emb for head, (emb, on) in heads.items() if on}  # a tied head is written once
     values = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}  # the JSON ones
     assert {k: json.loads(v) for k, v in meta.items()} == values
     return ck
