@@ -25,7 +25,8 @@ clip's cached encoder frames (T25, d). `A` below is the cache: {"codes": {path: 
 import os
 
 from data import read_generation, read_reflection, read_text, read_understanding
-from tokenizer import QwenTokenizer, SPTokenizer
+from parts import load_tokenizer, parts_of
+from tokenizer import SPTokenizer
 
 TTA_PROMPT = "Generate audio for this caption. "  # the release's text-to-audio instruction, before the caption
 DIALOGUE_PROMPT = "Ask me about it first. "  # tells a dialogue from an enrichment, which starts the same way
@@ -146,13 +147,12 @@ def texts_of(args):
 
 
 def get_tokenizer(args):
-    """Qwen's tokenizer with --init_from, else a SentencePiece model trained on the data once."""
-    if args.init_from:
-        return QwenTokenizer.from_pretrained(args.init_from)
+    """The run's tokenizer (parts.load_tokenizer): Qwen's with --init_from, else a SentencePiece
+    model, trained on the data the first time."""
     folder = os.path.join(args.out, "tokenizer")
-    if not os.path.isfile(os.path.join(folder, "sentencepiece.model")):
+    if not args.init_from and not os.path.isfile(os.path.join(folder, "sentencepiece.model")):
         SPTokenizer.train(texts_of(args), folder, vocab_size=args.vocab_size)
-    return SPTokenizer.from_pretrained(folder)
+    return load_tokenizer(parts_of(args), args.out)
 
 
 def lm_data(args):
