@@ -1,7 +1,7 @@
 """
 From conversations to training batches (paper section 2; SPEC.md sections 1, 2, 5): the
 delay pattern, the authors' template over 8 streams, CFG dropout, best-fit packing, and
-the loss with its 1/8 audio weights.
+the loss with its audio weights (the release's 1/8 per codebook, or codebook 1 weighed up).
 
 A conversation is a list of messages, each one of
     {"role": "user" | "assistant" | "system", "text": str}
@@ -16,7 +16,7 @@ tokens sit in stream 0 with pad in streams 1..7; written audio fills all 8 strea
 under the delay pattern (T frames -> T + 7 rows); heard audio is T25 rows of
 <|audio_in|>, replaced by encoder frames inside the model. Every row also gets a kind:
     0 no loss, 1 a token (stream 0 over the whole vocabulary), 2 an audio frame
-    (8 per-codebook losses, each weighing 1/8, so a frame weighs as one token).
+    (8 per-codebook losses whose weights sum to 1, so a frame weighs as one token).
 Row r is the target of the prediction made at row r - 1.
 """
 
@@ -202,10 +202,23 @@ def audio_ce(model, h, tgt):
     return F.cross_entropy(logits.flatten(0, 1), (tgt - first).flatten(), reduction="none").view(-1, N_STREAMS)
 
 
-def loss_sums(model, batch, dense_mask=False):
+def codebook_weights(first=None):
+    """Each codebook's weight in a frame's loss, (8,) summing to 1. first=None: the release's
+    1/8 each. first=0.5: codebook 1 weighs 0.5 and the other seven 1/14 each. Codebook 1 is
+    the coarse plan (which event sounds when, and where the clip ends) that the finer seven
+    fill in; weighing it up spends more of a small model's learning on the plan."""
+    if first is None:
+        return torch.full((N_STREAMS,), 1.0 / N_STREAMS)
+    if not 0.0 < first < 1.0:
+        raise ValueError(f"codebook 1's weight {first} must lie between 0 and 1")
+    return torch.tensor([first] + [(1.0 - first) / (N_STREAMS - 1)] * (N_STREAMS - 1))
+
+
+def loss_sums(model, batch, dense_mask=False, weights=None):
     """Summed losses of a batch: {"sum": scalar, "n": positions with loss, "frames",
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
-    is sum / n: each frame's 8 CEs weigh 1/8, normalised by the stream-0 loss positions."""
+    is sum / n: each frame's 8 CEs weigh `weights` (codebook_weights(); default 1/8 each),
+    normalised by the stream-0 loss positions."""
     ids, kind = batch["ids"], batch["kind"].long()
     h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
               **attention(batch["doc"][:, :-1], dense_mask))
@@ -214,7 +227,8 @@ def loss_sums(model, batch, dense_mask=False):
     text = F.cross_entropy(model.text_logits(h[tok]).float(), tgt[tok][:, 0], reduction="sum")
     per_cb = audio_ce(model, h[frm], tgt[frm]).sum(0)
     n = tok.sum() + frm.sum()
-    return {"sum": text + per_cb.sum() / N_STREAMS, "n": n, "frames": frm.sum(), "tokens": tok.sum(),
+    w = (codebook_weights() if weights is None else weights).to(per_cb.device, per_cb.dtype)
+    return {"sum": text + (per_cb * w).sum(), "n": n, "frames": frm.sum(), "tokens": tok.sum(),
             "text": text, "codebooks": per_cb}
 
 

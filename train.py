@@ -47,7 +47,7 @@ from data import SerialPool, load_audio
 from dpo import train_dpo
 from model import DTYPES, N_SPECIAL, PRESETS, UALM, UALMConfig
 from parts import CACHED, adopt, check_folder, check_tokenizer, describe, load_codec, load_ears, parts_of
-from sequences import build, cfg_dropout, collate, loss_sums, n_loss_positions, pack
+from sequences import build, cfg_dropout, codebook_weights, collate, loss_sums, n_loss_positions, pack
 from tasks import generation_clips, get_tokenizer, lm_data
 from utils import atomic_path, fail, learning_rate
 
@@ -62,6 +62,7 @@ MIXTURES = {
     "sft": {"enrich": 0.2, "dialogue": 0.15, "reflect": 0.15, "understand": 0.2, "tta": 0.17, "text": 0.13},
     "und": {"understand": 1.0},
 }
+TOY_CB1_WEIGHT = 0.5  # codebook 1's share of a frame's loss for the toy LM (sequences.codebook_weights)
 CFG_TASKS = ("tta", "enrich", "dialogue")  # tasks whose audio also trains the unconditional branch
 
 
@@ -258,6 +259,8 @@ def stage_lm(args):
     source = args.stage if args.resume else LM_STAGES[args.stage]  # a checkpoint of this run, if any
     if source:  # the run's parts, as its checkpoint recorded them
         adopt(args, os.path.join(args.out, f"{source}.pt"), f"python train.py --stage {source}", source)
+    if args.cb1_weight is None:  # the release's 1/8 for Qwen; the toy, from random weights, weighs up the plan
+        args.cb1_weight = None if args.init_from else TOY_CB1_WEIGHT
     if rank > 0:
         dist.barrier()  # rank 0 writes the cache and the tokenizer; the others then read them
     data = lm_data(args)
@@ -284,12 +287,12 @@ class LossModule(torch.nn.Module):
     dense_mask: packed samples kept apart by one (T, T) mask per row, fixed shapes for
     torch.compile (sequences.attention)."""
 
-    def __init__(self, model, dense_mask=False):
+    def __init__(self, model, dense_mask=False, weights=None):
         super().__init__()
-        self.model, self.dense_mask = model, dense_mask
+        self.model, self.dense_mask, self.weights = model, dense_mask, weights
 
     def forward(self, batch):
-        return loss_sums(self.model, batch, self.dense_mask)
+        return loss_sums(self.model, batch, self.dense_mask, self.weights)
 
 
 def distributed(args):
@@ -307,7 +310,7 @@ def distributed(args):
 
 
 def wrap(args, model, world):
-    net = LossModule(model, dense_mask=args.compile)
+    net = LossModule(model, dense_mask=args.compile, weights=codebook_weights(args.cb1_weight))
     if world == 1:
         return net
     if args.fsdp:  # shard every block, then the rest: parameters, grads and AdamW state split over ranks
@@ -520,6 +523,10 @@ def main():
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight_decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=30)
+    g.add_argument("--cb1_weight", type=float, default=None,
+                   help="codebook 1's share of a frame's loss, the other seven sharing the rest (default: the "
+                        f"release's 1/8 with --init_from, {TOY_CB1_WEIGHT} for the toy, whose first codebook, the "
+                        "plan of which event sounds when, learns too slowly at 1/8)")
     g.add_argument("--rows", type=int, default=2, help="packed rows per micro-batch")
     g.add_argument("--budget", type=int, default=1024, help="positions per packed row")
     g.add_argument("--grad_accum", type=int, default=1)
@@ -541,6 +548,8 @@ def main():
     args = p.parse_args()
     if args.steps is None and args.stage != "all":
         args.steps = STAGE_STEPS.get(args.stage, 0)
+    if args.cb1_weight is not None and not 0 < args.cb1_weight < 1:
+        fail(f"--cb1_weight {args.cb1_weight:g}: give a share between 0 and 1 (0.125 is the release's 1/8)")
     if args.resume and args.stage == "all":
         fail("--stage all already skips every stage that has its checkpoint in --out; drop --resume")
     if args.resume and args.stage not in LM_STAGES:

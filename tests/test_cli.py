@@ -40,8 +40,9 @@ def test_sample_flags_out_of_range(argv, says, tmp_path):
     (["--stage", "gen", "--resume"], "gen.pt does not exist; run without --resume"),
     (["--stage", "all", "--resume"], "drop --resume"),
     (["--stage", "codec", "--resume"], "not --stage codec; drop --resume"),
+    (["--stage", "gen", "--cb1_weight", "1.5"], "--cb1_weight 1.5: give a share between 0 and 1"),
 ])
-def test_train_resume_without_a_checkpoint(argv, says, tmp_path):
+def test_train_flags_refused_before_anything_is_made(argv, says, tmp_path):
     r = run("train.py", [*argv, "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "none")], tmp_path)
     assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()  # nothing made, nothing started

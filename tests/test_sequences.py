@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
-from sequences import (FRAME, NO_LOSS, TOKEN, build, cfg_dropout, collate, delay_cells, delay_pattern, loss_sums, pack,
+from sequences import (FRAME, NO_LOSS, TOKEN, build, cfg_dropout, codebook_weights, collate, delay_cells, delay_pattern, loss_sums, pack,
                        frame_nll, row_logp, undelay_pattern)
 
 CFG = UALMConfig(text_size=100, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
@@ -129,15 +129,18 @@ def test_packed_loss_equals_one_by_one(dense):
         torch.testing.assert_close(packed[key], sum(a[key] for a in alone), atol=1e-5, rtol=1e-5)
 
 
-def test_loss_weights_by_hand():
-    """One assistant text token and one audio frame: the loss is (CE_token + mean of the
-    8 codebook CEs) / 2, computed here from the logits directly."""
+@pytest.mark.parametrize("first", [None, 0.5])
+def test_loss_weights_by_hand(first):
+    """Assistant tokens and audio frames: each token's CE weighs 1, each frame's 8 codebook
+    CEs weigh 1/8 each (the release), or with first=0.5 codebook 1's CE 0.5 and the other
+    seven 0.5/7 each; the sum over positions / their number, computed from the logits directly."""
     torch.manual_seed(1)
     model = UALM(CFG).eval()
     codes = torch.randint(0, 1024, (8, 1))
     s = build([{"role": "user", "text": "a"}, {"role": "assistant", "codes": codes}], enc, CFG)
     batch = collate([s], [[0]], len(s))
-    got = loss_sums(model, batch)
+    got = loss_sums(model, batch, weights=None if first is None else codebook_weights(first))
+    w = [1 / 8] * 8 if first is None else [first] + [(1 - first) / 7] * 7
     h = model(s.ids[None, :-1])[0]
     ce = []
     for r in range(1, len(s)):
@@ -148,7 +151,7 @@ def test_loss_weights_by_hand():
             logits = model.audio_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
             per = [F.cross_entropy(logits[k, 1025 * k:1025 * (k + 1)],
                                    s.ids[r, k] - CFG.audio_offset - 1025 * k) for k in range(8)]
-            ce.append(sum(per) / 8)
+            ce.append(sum(wk * ce_k for wk, ce_k in zip(w, per)))
     assert int(got["n"]) == len(ce) == 3 + 8  # <|assistant|>, <|audio|>, <|eos|> and 1 + 7 delayed rows
     torch.testing.assert_close(got["sum"] / got["n"], sum(ce) / len(ce), atol=1e-5, rtol=1e-5)
 
