@@ -214,13 +214,29 @@ def codebook_weights(first=None):
     return torch.tensor([first] + [(1.0 - first) / (N_STREAMS - 1)] * (N_STREAMS - 1))
 
 
+def corrupt_codes(ids, kind, cfg, p, generator):
+    """Input noise: ids (B, L, 8) -> a copy in which each code of a trained audio row (kind
+    FRAME) is, with probability p, replaced by a code drawn uniformly from its own codebook;
+    the delay pattern's pads, text and heard audio stay. At sampling time the model reads its
+    own imperfect codes; trained on true codes only, it learns to copy the frames before,
+    while with a share of them unreliable it leans on the caption and the wider context.
+    generator: a CPU torch.Generator, so the draw is the same on any device and rank."""
+    first = cfg.audio_offset + INTERVAL * torch.arange(N_STREAMS, device=ids.device)
+    code = ids - first  # 1..1024 in an audio row's cells, 0 its pad
+    cells = (kind == FRAME)[..., None] & (code >= 1) & (code < INTERVAL)
+    draw = torch.rand(ids.shape, generator=generator).to(ids.device) < p
+    new = first + 1 + torch.randint(0, INTERVAL - 1, ids.shape, generator=generator).to(ids.device)
+    return torch.where(cells & draw, new, ids)
+
+
 def loss_sums(model, batch, dense_mask=False, weights=None):
     """Summed losses of a batch: {"sum": scalar, "n": positions with loss, "frames",
     "text": summed token CE, "codebooks": (8,) summed CE per codebook}. The training loss
     is sum / n: each frame's 8 CEs weigh `weights` (codebook_weights(); default 1/8 each),
-    normalised by the stream-0 loss positions."""
+    normalised by the stream-0 loss positions. A batch with "noisy" ids (corrupt_codes of
+    its ids) is read from those and scored on the true ones."""
     ids, kind = batch["ids"], batch["kind"].long()
-    h = model(ids[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
+    h = model(batch.get("noisy", ids)[:, :-1], batch["feats"], position_ids=batch["pos"][:, :-1],
               **attention(batch["doc"][:, :-1], dense_mask))
     tgt, kind = ids[:, 1:], kind[:, 1:]
     tok, frm = kind == TOKEN, kind == FRAME

@@ -47,7 +47,8 @@ from data import SerialPool, load_audio
 from dpo import train_dpo
 from model import DTYPES, N_SPECIAL, PRESETS, UALM, UALMConfig
 from parts import CACHED, adopt, check_folder, check_tokenizer, describe, load_codec, load_ears, parts_of
-from sequences import build, cfg_dropout, codebook_weights, collate, loss_sums, n_loss_positions, pack
+from sequences import (build, cfg_dropout, codebook_weights, collate, corrupt_codes, loss_sums, n_loss_positions,
+                       pack)
 from tasks import generation_clips, get_tokenizer, lm_data
 from utils import atomic_path, fail, learning_rate
 
@@ -63,6 +64,7 @@ MIXTURES = {
     "und": {"understand": 1.0},
 }
 TOY_CB1_WEIGHT = 0.5  # codebook 1's share of a frame's loss for the toy LM (sequences.codebook_weights)
+TOY_INPUT_NOISE = 0.1  # the share of the toy LM's input audio codes made random (sequences.corrupt_codes)
 CFG_TASKS = ("tta", "enrich", "dialogue")  # tasks whose audio also trains the unconditional branch
 
 
@@ -261,6 +263,8 @@ def stage_lm(args):
         adopt(args, os.path.join(args.out, f"{source}.pt"), f"python train.py --stage {source}", source)
     if args.cb1_weight is None:  # the release's 1/8 for Qwen; the toy, from random weights, weighs up the plan
         args.cb1_weight = None if args.init_from else TOY_CB1_WEIGHT
+    if args.input_noise is None:  # the release trains on clean codes; the toy on a share of noisy ones
+        args.input_noise = 0.0 if args.init_from else TOY_INPUT_NOISE
     if rank > 0:
         dist.barrier()  # rank 0 writes the cache and the tokenizer; the others then read them
     data = lm_data(args)
@@ -367,6 +371,9 @@ def fit(args, model, stream, held):
         stats = torch.zeros(11)  # loss, 8 codebook CE sums, frames, real tokens
         for i, b in enumerate(mine):
             sync = nullcontext() if world == 1 or args.fsdp or i == len(mine) - 1 else net.no_sync()
+            if args.input_noise:  # drawn for this step's micro-batch, whichever rank runs it (resume, DDP exact)
+                noise = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + rank + i * world)
+                b = dict(b, noisy=corrupt_codes(b["ids"], b["kind"].long(), model.cfg, args.input_noise, noise))
             with sync, autocast:
                 r = net(to_device(b, device))
             scaler.scale(r["sum"] * world / n).backward()  # DDP averages over ranks; * world makes it the sum
@@ -527,6 +534,10 @@ def main():
                    help="codebook 1's share of a frame's loss, the other seven sharing the rest (default: the "
                         f"release's 1/8 with --init_from, {TOY_CB1_WEIGHT} for the toy, whose first codebook, the "
                         "plan of which event sounds when, learns too slowly at 1/8)")
+    g.add_argument("--input_noise", type=float, default=None,
+                   help="the share of the input audio codes replaced by random ones, the targets kept (default: "
+                        f"0 with --init_from, as the release; {TOY_INPUT_NOISE} for the toy, which then leans less on "
+                        "copying the frames before and more on its caption)")
     g.add_argument("--rows", type=int, default=2, help="packed rows per micro-batch")
     g.add_argument("--budget", type=int, default=1024, help="positions per packed row")
     g.add_argument("--grad_accum", type=int, default=1)
@@ -550,6 +561,8 @@ def main():
         args.steps = STAGE_STEPS.get(args.stage, 0)
     if args.cb1_weight is not None and not 0 < args.cb1_weight < 1:
         fail(f"--cb1_weight {args.cb1_weight:g}: give a share between 0 and 1 (0.125 is the release's 1/8)")
+    if args.input_noise is not None and not 0 <= args.input_noise < 1:
+        fail(f"--input_noise {args.input_noise:g}: give a share from 0 up to (not including) 1")
     if args.resume and args.stage == "all":
         fail("--stage all already skips every stage that has its checkpoint in --out; drop --resume")
     if args.resume and args.stage not in LM_STAGES:

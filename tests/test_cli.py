@@ -41,6 +41,7 @@ def test_sample_flags_out_of_range(argv, says, tmp_path):
     (["--stage", "all", "--resume"], "drop --resume"),
     (["--stage", "codec", "--resume"], "not --stage codec; drop --resume"),
     (["--stage", "gen", "--cb1_weight", "1.5"], "--cb1_weight 1.5: give a share between 0 and 1"),
+    (["--stage", "gen", "--input_noise", "1"], "--input_noise 1: give a share from 0 up to"),
 ])
 def test_train_flags_refused_before_anything_is_made(argv, says, tmp_path):
     r = run("train.py", [*argv, "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "none")], tmp_path)

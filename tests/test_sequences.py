@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (ASSISTANT, AUDIO, AUDIO_IN, BOS, EOS, EOT, INTERVAL, N_SPECIAL, PAD, TEXT, UALM, USER, UALMConfig)
-from sequences import (FRAME, NO_LOSS, TOKEN, build, cfg_dropout, codebook_weights, collate, delay_cells, delay_pattern, loss_sums, pack,
+from sequences import (FRAME, NO_LOSS, TOKEN, build, cfg_dropout, codebook_weights, collate, corrupt_codes, delay_cells, delay_pattern, loss_sums, pack,
                        frame_nll, row_logp, undelay_pattern)
 
 CFG = UALMConfig(text_size=100, audio_dim=16, backbone=dict(vocab_size=1, hidden_size=32, intermediate_size=64,
@@ -212,3 +212,45 @@ def test_frame_nll_is_each_frames_codebook_mean_by_hand():
     got = frame_nll(model, s)
     assert len(want) == 3 + 7
     torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=1e-5)
+
+
+def test_input_noise_changes_only_trained_audio_codes():
+    """corrupt_codes: a share p of the codes of trained audio rows become other codes of the
+    same codebook; pads, text rows and heard audio stay; one generator seed, one draw."""
+    codes = torch.randint(0, 1024, (8, 300))
+    s = build([{"role": "user", "text": "a bell"}, {"role": "user", "feats": torch.randn(3, 16)},
+               {"role": "assistant", "codes": codes}], enc, CFG)
+    ids, kind = s.ids[None], s.kind[None].long()
+    noisy = corrupt_codes(ids, kind, CFG, 0.3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy, corrupt_codes(ids, kind, CFG, 0.3, torch.Generator().manual_seed(0)))
+    changed = noisy != ids
+    frame_rows = (kind == FRAME)[0]
+    assert not changed[0, ~frame_rows].any()  # text, specials, heard audio: untouched
+    interval = (ids - CFG.audio_offset) // INTERVAL  # the codebook of each audio cell
+    code = (ids - CFG.audio_offset) % INTERVAL
+    assert not changed[(code == 0) & frame_rows[None, :, None]].any()  # the delay pattern's pads stay
+    new = noisy[changed] - CFG.audio_offset
+    assert torch.equal(new // INTERVAL, interval[changed]) and (new % INTERVAL >= 1).all()  # same codebook, a code
+    real = (code >= 1) & frame_rows[None, :, None]
+    share = changed.sum().item() / real.sum().item()
+    assert abs(share - 0.3 * 1023 / 1024) < 0.03, share  # a draw equal to the true code leaves it unchanged
+
+
+def test_noisy_input_is_read_and_true_codes_scored():
+    """loss_sums with batch["noisy"]: the hidden states come from the noisy grid, the
+    cross-entropy is against the true codes (computed here from the logits directly)."""
+    torch.manual_seed(2)
+    model = UALM(CFG).eval()
+    s = build([{"role": "user", "text": "a"}, {"role": "assistant", "codes": torch.randint(0, 1024, (8, 6))}], enc, CFG)
+    batch = collate([s], [[0]], len(s))
+    batch["noisy"] = corrupt_codes(batch["ids"], batch["kind"].long(), CFG, 0.5, torch.Generator().manual_seed(1))
+    assert not torch.equal(batch["noisy"], batch["ids"])
+    got = loss_sums(model, batch)
+    h = model(batch["noisy"][0, None, :-1])[0]
+    frames = [r for r in range(1, len(s)) if s.kind[r] == FRAME]
+    per_cb = torch.zeros(8)
+    for r in frames:
+        logits = model.audio_head(h[r - 1] + torch.cat([torch.zeros(1, 32), model.stream_emb])).view(8, -1)
+        per_cb += torch.stack([F.cross_entropy(logits[k, 1025 * k:1025 * (k + 1)], s.ids[r, k] - CFG.audio_offset - 1025 * k)
+                               for k in range(8)])
+    torch.testing.assert_close(got["codebooks"], per_cb, atol=1e-4, rtol=1e-4)
