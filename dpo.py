@@ -3,8 +3,12 @@ DPO on the model's own samples, UALM-Reason's preference stage (paper; SPEC.md s
 `python train.py --stage dpo`.
 
 1. For training captions, sample several clips from the SFT model itself (no CFG, temperature
-   1, no top-k: the reference's own distribution), decode them, and rank them with the CLAP
-   reward: best and worst make a pair. Sampling from the reference's own distribution means
+   1, no top-k: the reference's own distribution), decode them, and rank them with a reward:
+   best and worst make a pair. --dpo_reward clap (the paper's first round) ranks by the CLAP
+   score of clip and caption; --dpo_reward analyzer ranks by adherence to the caption, as the
+   paper's second round ranks by adherence to the rich caption, with the toy world's analyzer
+   as the judge (its events against the caption's ground truth; CLAP breaks ties) and writes
+   runs/dpo_analyzer.pt beside runs/dpo.pt. Sampling from the reference's own distribution means
    DPO compares what the reference itself would write. Pairs sampled as at inference (CFG,
    lower temperature, top-k) are sharper than the model: training on them would sharpen the
    policy, and CFG at inference would then sharpen it a second time.
@@ -31,14 +35,38 @@ from parts import adopt, load_codec, parts_of
 from sample import audible, generate_audio, prefix
 from sequences import build, collate, n_loss_positions, row_logp
 from tasks import get_tokenizer, lm_data
+from toy.analyzer import adherence, analyze
 from utils import learning_rate
+
+REWARDS = ("clap", "analyzer")
+
+
+def dpo_files(reward):
+    """The pairs' cache and the checkpoint a reward writes: clap -> ('dpo_pairs.pt', 'dpo.pt'),
+    analyzer -> ('dpo_pairs_analyzer.pt', 'dpo_analyzer.pt')."""
+    return ("dpo_pairs.pt", "dpo.pt") if reward == "clap" else (f"dpo_pairs_{reward}.pt", f"dpo_{reward}.pt")
+
+
+def rewards(reward, waves, row, tok, clap):
+    """Each decoded clip's reward for a manifest row's caption -> (n,), higher is better.
+    analyzer: the adherence score (0, 0.25, ..., 1) of what the analyzer hears to the row's
+    events, plus a thousandth of the CLAP score, which only orders clips of equal adherence."""
+    score = clap.score(waves, pad_ids([tok.encode(row["caption"])] * len(waves), tok.vocab_size))
+    if reward == "clap":
+        return score
+    adhere = torch.tensor([adherence(analyze(w.numpy()), row["events"])["score"] for w in waves])
+    return adhere + 1e-3 * score
 
 
 @torch.no_grad()
 def dpo_pairs(args, policy, tok, rows, codec, clap):
-    """For each prompt, --dpo_samples clips sampled from the model itself, ranked by the CLAP reward:
-    (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt (save_pairs)."""
-    path = os.path.join(args.out, "dpo_pairs.pt")
+    """For each prompt, --dpo_samples clips sampled from the model itself, ranked by the
+    --dpo_reward: (caption, winner codes, loser codes, reward gap). Cached in runs/dpo_pairs.pt
+    (dpo_pairs_analyzer.pt for the analyzer; save_pairs)."""
+    path = os.path.join(args.out, dpo_files(args.dpo_reward)[0])
+    if args.dpo_reward == "analyzer" and not all("events" in r for r in rows[:args.dpo_prompts]):
+        raise ValueError("--dpo_reward analyzer judges clips against the toy world's ground truth (each "
+                         "manifest row's events), which this --data lacks; use --dpo_reward clap")
     if os.path.isfile(path):
         return load_pairs(path)
     policy.eval()
@@ -52,7 +80,7 @@ def dpo_pairs(args, policy, tok, rows, codec, clap):
         if len(codes) < 2:
             continue
         waves = [codec.decode(c[None].long())[0] for c in codes]
-        reward = clap.score(waves, pad_ids([tok.encode(r["caption"])] * len(waves), tok.vocab_size))
+        reward = rewards(args.dpo_reward, waves, r, tok, clap)
         best, worst = int(reward.argmax()), int(reward.argmin())
         pairs.append((r["caption"], codes[best].long(), codes[worst].long(), float(reward[best] - reward[worst])))
     save_pairs(pairs, path)
@@ -102,7 +130,8 @@ def dpo_loss(pi, ref, beta):
 def train_dpo(args):
     """DPO on the model's own samples (SPEC.md section 7): a frozen reference, a CE warm-up on
     the winners, then dpo_loss + --dpo_ce x CE on the winners. The parts (tokenizer, codec) are
-    the ones sft.pt was trained with; the reward is runs/clap.pt's CLAP score."""
+    the ones sft.pt was trained with; the reward is runs/clap.pt's CLAP score, or the analyzer's
+    adherence (--dpo_reward analyzer)."""
     sft, how = os.path.join(args.out, "sft.pt"), "python train.py --stage sft"
     adopt(args, sft, how, "sft")
     tok = get_tokenizer(args)
@@ -138,10 +167,11 @@ def train_dpo(args):
         opt.step()
         log.append({"step": step + 1, "loss": loss.item(), "ce": ce.item(), "margin": margin.item()})
         bar.set_postfix(ce=f"{ce.item():.3f}", margin=f"{margin.item():.2f}")
-    save_ckpt(os.path.join(args.out, "dpo.pt"), {"kind": "UALM", "stage": "dpo", "config": asdict(policy.cfg),
-                                                 "args": vars(args), "step": args.dpo_steps, "log": log,
-                                                 "model": policy.state_dict()})
-    print(f"dpo: {len(pairs)} pairs, mean reward gap {np.mean([p[3] for p in pairs]):.3f} -> {args.out}/dpo.pt")
+    out = os.path.join(args.out, dpo_files(args.dpo_reward)[1])
+    save_ckpt(out, {"kind": "UALM", "stage": "dpo", "config": asdict(policy.cfg), "args": vars(args),
+                    "step": args.dpo_steps, "log": log, "model": policy.state_dict()})
+    print(f"dpo: {len(pairs)} pairs ranked by {args.dpo_reward}, mean reward gap {np.mean([p[3] for p in pairs]):.3f} "
+          f"-> {out}")
     (w0, l0), (w1, l1) = pair_ce(reference, pairs, tok), pair_ce(policy, pairs, tok)
     print(f"dpo: cross-entropy per frame on the pairs, before -> after: winners {w0:.3f} -> {w1:.3f}, "
           f"losers {l0:.3f} -> {l1:.3f}")

@@ -18,7 +18,9 @@ held-out clips (the last --n_eval of the manifest, as train.py holds them out).
 - text: exact-match accuracy on held-out arithmetic problems;
 - why (--replicate): each step of a round of self-reflection checked against the world
   (the plan, the audio, the critique's verdict and what it says it heard, the audio written
-  again), and whether DPO's CLAP-ranked pairs differ in adherence.
+  again), and whether DPO's CLAP-ranked pairs differ in adherence. --replicate also trains
+  the understanding-only model (train.py --stage und) and DPO on analyzer-ranked pairs
+  (train.py --stage dpo --dpo_reward analyzer) when the folder lacks them.
 """
 
 import argparse
@@ -37,7 +39,7 @@ from checkpoint import load_ckpt
 from clap import K, pad_ids
 from codec import FRAME_RATE
 from data import load_audio, read_generation, read_text, read_understanding
-from dpo import load_pairs
+from dpo import REWARDS, dpo_files, load_pairs
 from model import AUDIO, TEXT
 from parts import run_parts
 from sequences import build, frame_nll
@@ -283,9 +285,10 @@ def why_reflection(rt, rows, seeds):
 
 @torch.no_grad()
 def why_dpo(rt, pairs, rows):
-    """Does DPO's reward (CLAP) rank what adherence measures? The analyzer's adherence of each
-    cached pair's winner and loser (dpo.py's runs/dpo_pairs.pt), the ground truth found by the
-    pair's caption in rows -> (winner higher, winner lower, tied)."""
+    """Does a DPO reward rank what adherence measures? The analyzer's adherence of each cached
+    pair's winner and loser (dpo.py's runs/dpo_pairs.pt, or dpo_pairs_analyzer.pt, where it is
+    so by construction), the ground truth found by the pair's caption in rows -> (winner
+    higher, winner lower, tied)."""
     truth = {r["caption"]: r["events"] for r in rows}
     missing = [caption for caption, *_ in pairs if caption not in truth]
     if missing:
@@ -336,6 +339,11 @@ def replicate(args, gen, und, txt):
                         "--stage", "und", "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval),
                         "--seed", str(args.seed), *flags],
                        check=True)  # train.py prints its own errors; eval then stops
+    if not os.path.isfile(os.path.join(runs, dpo_files("analyzer")[1])):
+        print("DPO on analyzer-ranked pairs first: python train.py --stage dpo --dpo_reward analyzer")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
+                        "--stage", "dpo", "--dpo_reward", "analyzer", "--out", runs, "--data", args.data,
+                        "--n_eval", str(args.n_eval), "--seed", str(args.seed)], check=True)
     rts = {}
 
     def rt(name):
@@ -354,7 +362,8 @@ def replicate(args, gen, und, txt):
     gen_lengths = None
     for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
                              ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
-                             ("UALM-Reason + DPO", "dpo", 3.0)]:
+                             ("UALM-Reason + DPO", "dpo", 3.0),
+                             ("UALM-Reason + DPO, analyzer-ranked pairs", "dpo_analyzer", 3.0)]:
         g = over_seeds(rt(name), rows, cfg, seeds)
         out.append(f"| {label} | {name}.pt | {cfg:g} | {g['score']} | {g['events']} | {g['layout']} "
                    f"| {g['counts']} | {g['pitch']} | {g['order']} | {g['length_ok']} | {g['clap']} | {g['fd']} "
@@ -401,12 +410,13 @@ def replicate(args, gen, und, txt):
             f"| regenerated after the critique named a problem: adherence of the first audio -> the second "
             f"| {pct(w['first'])} -> {pct(w['second'])} ({w['regenerated']} chains; better in {w['better']}, "
             f"worse in {w['worse']}) |"]
-    pairs = os.path.join(runs, "dpo_pairs.pt")
-    if os.path.isfile(pairs):
-        pairs = load_pairs(pairs)
-        hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
-        out.append(f"| DPO's pairs (dpo_pairs.pt, ranked by CLAP): the winner's adherence above / below / equal "
-                   f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
+    for reward in REWARDS:
+        name = dpo_files(reward)[0]
+        if os.path.isfile(os.path.join(runs, name)):
+            pairs = load_pairs(os.path.join(runs, name))
+            hi, lo, tie = why_dpo(rt("sft"), pairs, read_generation(os.path.join(args.data, "generation.jsonl")))
+            out.append(f"| DPO's pairs ({name}, ranked by {reward}): the winner's adherence above / below / equal "
+                       f"to the loser's | {hi} / {lo} / {tie} of {len(pairs)} |")
     with atomic_path(os.path.join(runs, "replication.md")) as tmp, open(tmp, "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))

@@ -44,7 +44,7 @@ import tasks
 import vae as vae_lib
 from checkpoint import load_ckpt, load_module, optimizer_state, optimizer_tensors, save_checkpoint, save_ckpt
 from data import SerialPool, load_audio
-from dpo import train_dpo
+from dpo import REWARDS, train_dpo
 from model import DTYPES, N_SPECIAL, PRESETS, UALM, UALMConfig
 from parts import CACHED, adopt, check_folder, check_tokenizer, describe, load_codec, load_ears, parts_of
 from sequences import (build, cfg_dropout, codebook_weights, collate, corrupt_codes, loss_sums, n_loss_positions,
@@ -509,7 +509,10 @@ def main():
     p.add_argument("--clap_lr", type=float, default=1e-3)
     d = p.add_argument_group("dpo")
     d.add_argument("--dpo_prompts", type=int, default=40, help="training captions to sample for")
-    d.add_argument("--dpo_samples", type=int, default=4, help="samples per caption, ranked by CLAP")
+    d.add_argument("--dpo_reward", default="clap", choices=REWARDS,
+                   help="what ranks each caption's samples: CLAP (the paper's first round; -> dpo.pt) or the toy "
+                        "world's analyzer, adherence to the caption (its second round; -> dpo_analyzer.pt)")
+    d.add_argument("--dpo_samples", type=int, default=4, help="samples per caption, ranked by --dpo_reward")
     d.add_argument("--dpo_min_gap", type=float, default=0.02, help="keep pairs whose reward gap exceeds this")
     d.add_argument("--dpo_steps", type=int, default=100)
     d.add_argument("--dpo_warmup", type=int, default=30, help="steps of cross-entropy on winners first")

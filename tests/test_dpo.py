@@ -71,7 +71,7 @@ def test_pairs_are_the_best_and_worst_audible_samples(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dpo, "generate_audio", stub_generate)
     rows = [{"caption": c, "duration": d} for c, d in zip(samples, (2.0, 1.5, 3.04, 1.0))]
-    args = types.SimpleNamespace(out=str(tmp_path), seed=0, dpo_prompts=3, dpo_samples=4)
+    args = types.SimpleNamespace(out=str(tmp_path), seed=0, dpo_prompts=3, dpo_samples=4, dpo_reward="clap")
     torch.manual_seed(0)
     policy, clap = UALM(CFG), StubClap()
     pairs = dpo.dpo_pairs(args, policy, Tok(), rows, StubCodec(), clap)
@@ -123,3 +123,28 @@ def test_dpo_loss_worked_example():
     loss, margin = dpo.dpo_loss(torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -11.0]), 0.1)
     assert float(margin) == 2.0
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-0.2)), rel=1e-6)
+
+
+def test_analyzer_reward_ranks_by_adherence_then_clap(tmp_path, monkeypatch):
+    """--dpo_reward analyzer: each clip's reward is its adherence score to the row's events
+    (the analyzer stubbed: a wave's level says what it 'hears') plus CLAP / 1000, so adherence
+    decides and CLAP only orders equals; the pairs go to dpo_pairs_analyzer.pt."""
+    hears = {300: [{"keyword": "hum", "onset": 0.1, "offset": 1.9, "pitch": "low", "f0": 120.0}],  # right
+             500: [{"keyword": "bell", "onset": 0.1, "offset": 1.9, "pitch": "low", "f0": 420.0}],  # wrong event
+             100: [{"keyword": "hum", "onset": 0.1, "offset": 1.9, "pitch": "high", "f0": 190.0}]}  # wrong pitch
+    monkeypatch.setattr(dpo, "analyze", lambda wav: hears[int(round(float(wav.mean())))])
+    truth = [{"keyword": "hum", "onset": 0.1, "offset": 1.9, "pitch": "low", "f0": 130.0}]
+    samples = [clip(500, 4), clip(300, 4), clip(100, 4)]
+    monkeypatch.setattr(dpo, "generate_audio", lambda *a, **k: [c.short() for c in samples])
+    rows = [{"caption": "a low hum", "duration": 2.0, "events": truth}]
+    args = types.SimpleNamespace(out=str(tmp_path), seed=0, dpo_prompts=1, dpo_samples=3, dpo_reward="analyzer")
+    torch.manual_seed(0)
+    [(caption, win, lose, gap)] = dpo.dpo_pairs(args, UALM(CFG), Tok(), rows, StubCodec(), StubClap())
+    # adherence (events, layout, counts, pitch): hum low 1.0; bell 0.25 (counts only); hum high 0.75
+    assert torch.equal(win, clip(300, 4)) and torch.equal(lose, clip(500, 4))  # CLAP alone would pick 500
+    assert gap == pytest.approx((1.0 + 0.3e-3) - (0.25 + 0.5e-3))
+    assert (tmp_path / "dpo_pairs_analyzer.pt").is_file() and not (tmp_path / "dpo_pairs.pt").exists()
+    (tmp_path / "dpo_pairs_analyzer.pt").unlink()
+    rows[0].pop("events")
+    with pytest.raises(ValueError, match="ground truth"):
+        dpo.dpo_pairs(args, UALM(CFG), Tok(), rows, StubCodec(), StubClap())
