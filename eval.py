@@ -331,19 +331,19 @@ def replicate(args, gen, und, txt):
     --seeds seeds; understanding and text are greedy, one run) -> a markdown report, printed
     and written to that folder's replication.md."""
     runs = os.path.dirname(os.path.abspath(args.ckpt))
-    if not os.path.isfile(os.path.join(runs, "und.pt")):
-        print("training the understanding-only model first: python train.py --stage und")
-        parts = run_parts(load_ckpt(args.ckpt, "UALM", "python train.py --stage all"), args.ckpt)  # the run's
-        flags = [x for flag, folder in parts.items() if folder for x in (f"--{flag}", folder)]
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
-                        "--stage", "und", "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval),
-                        "--seed", str(args.seed), *flags],
+
+    def train_missing(name, why, *argv):
+        """Train a checkpoint the comparison needs and the run lacks: python train.py ARGV."""
+        if os.path.isfile(os.path.join(runs, name)):
+            return
+        print(f"{why} first: python train.py {' '.join(argv)}")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), *argv,
+                        "--out", runs, "--data", args.data, "--n_eval", str(args.n_eval), "--seed", str(args.seed)],
                        check=True)  # train.py prints its own errors; eval then stops
-    if not os.path.isfile(os.path.join(runs, dpo_files("analyzer")[1])):
-        print("DPO on analyzer-ranked pairs first: python train.py --stage dpo --dpo_reward analyzer")
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
-                        "--stage", "dpo", "--dpo_reward", "analyzer", "--out", runs, "--data", args.data,
-                        "--n_eval", str(args.n_eval), "--seed", str(args.seed)], check=True)
+    parts = run_parts(load_ckpt(args.ckpt, "UALM", "python train.py --stage all"), args.ckpt)  # the run's
+    train_missing("und.pt", "the understanding-only model", "--stage", "und",
+                  *[x for flag, folder in parts.items() if folder for x in (f"--{flag}", folder)])
+    train_missing(dpo_files("analyzer")[1], "DPO on analyzer-ranked pairs", "--stage", "dpo", "--dpo_reward", "analyzer")
     rts = {}
 
     def rt(name):
