@@ -146,9 +146,11 @@ def _load_parts(out, parts, one_thread=True):
 
 @torch.no_grad()
 def _cache_clip(path):
-    """One clip -> (path, codec codes (8, T) int16, encoder frames (T25, d) fp16)."""
+    """One clip -> (path, codec codes (8, T) int16, encoder frames (T25, d) fp16), as numpy
+    arrays: a tensor sent back from a worker travels as shared memory that holds one open file
+    for as long as the tensor lives, and tens of thousands of clips would run out of them."""
     x = torch.from_numpy(load_audio(path))
-    return path, _PARTS["codec"].encode(x[None])[0].short(), _PARTS["ears"].listen([x])[0][0].half()
+    return path, _PARTS["codec"].encode(x[None])[0].short().numpy(), _PARTS["ears"].listen([x])[0][0].half().numpy()
 
 
 def audio_cache(args, data):
@@ -173,7 +175,7 @@ def audio_cache(args, data):
             _load_parts(args.out, parts, one_thread=False)
         for p, codes, feats in tqdm(pool.imap(_cache_clip, paths, chunksize=16), total=len(paths),
                                     desc="caching codec codes and encoder frames"):
-            cache["codes"][p], cache["feats"][p] = codes, feats
+            cache["codes"][p], cache["feats"][p] = torch.from_numpy(codes), torch.from_numpy(feats)
     save_ckpt(path, cache)
     return cache
 

@@ -216,3 +216,34 @@ def test_init_from_a_qwen_checkpoint(world, tmp_path):
         got = ualm.eval().text_logits(ualm(grid))[..., N_SPECIAL:N_SPECIAL + 151936]
     assert want.abs().max() > 1.0
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+CACHE_UNDER_A_LOW_FILE_LIMIT = r"""
+import os, resource, shutil, sys
+sys.path.insert(0, sys.argv[1])
+import train
+runs, wav, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+paths = []
+for i in range(n):  # n clips (copies of one wav): more than the open files this process may hold
+    paths.append(os.path.join(runs, f"clip{i}.wav"))
+    shutil.copy(wav, paths[-1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (96, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+args = train.argparse.Namespace(out=runs, stage="gen", init_from=None, codec=None, encoder=None)
+cache = train.audio_cache(args, {"tta": ([{"location": p} for p in paths], []), "reflect": ([], [])})
+assert len(cache["codes"]) == n and all(c.shape[0] == 8 for c in cache["codes"].values()), cache.keys()
+print("cached", n)
+"""
+
+
+def test_the_audio_cache_holds_more_clips_than_open_files(tiny_run, tmp_path):
+    """train.audio_cache encodes clips in worker processes. A tensor sent back from a worker is
+    shared memory held by an open file, so a cache of more clips than the process may hold open
+    files hung ('received 0 items of ancdata' in the pool's result thread); the workers send
+    numpy arrays. 120 clips under a limit of 96 open files (with 2 or more cores, where the
+    cache runs in workers)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run / "runs", runs, ignore=shutil.ignore_patterns("cache.pt"))
+    wav = sorted((tiny_run / "toy" / "audio").iterdir())[0]
+    r = subprocess.run([sys.executable, "-c", CACHE_UNDER_A_LOW_FILE_LIMIT, ROOT, str(runs), str(wav), "120"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0 and "cached 120" in r.stdout, r.stderr[-2000:]
