@@ -14,6 +14,9 @@ exactly right, the order of the "A, then B" captions, the length inside the layo
 range), beside the training and held-out losses the stage logged at that step and the
 training minutes so far. The points of one run share its learning-rate schedule, so
 the early ones are taken mid-schedule, before the cosine decay has annealed them.
+Each point's scores are kept in curve_points.json beside the checkpoints, so running the
+tool again while the stage still trains scores only the points kept since (a point is
+scored again when --n_gen, --seeds or --cfg differ from the ones it was scored with).
 
 The plot is written as a PNG by hand (zlib and a 3 x 5 pixel digit font) so the tool
 needs nothing beyond numpy: x is training minutes, y is 0-100%, one line per figure in
@@ -121,15 +124,24 @@ def main():
     rows = read_generation(manifest)[-args.n_eval:][:args.n_gen]
     log_path = os.path.join(args.ckpt_dir, f"{args.stage}.log.jsonl")
     log = {r["step"]: r for r in map(json.loads, open(log_path))} if os.path.isfile(log_path) else {}
+    scored_path = os.path.join(args.ckpt_dir, "curve_points.json")
+    scored = json.load(open(scored_path)) if os.path.isfile(scored_path) else {}  # "step" -> settings, scores
+    settings = {"n_gen": len(rows), "seeds": args.seeds, "cfg": args.cfg}
     table = []
     for step, path in points:
-        try:
-            rt = load_runtime(path, need_vae=False, need_clap=True)  # eval_generation scores with CLAP
-        except (FileNotFoundError, ValueError) as e:
-            fail(str(e))
-        runs = [eval_generation(rt, rows, args.cfg, seed) for seed in range(args.seeds)]
-        row = {k: float(np.mean([r[k] for r in runs])) for k in SHARES}
-        row["sd"] = float(np.std([r["score"] for r in runs], ddof=1)) if args.seeds > 1 else float("nan")
+        if scored.get(str(step), {}).get("settings") == settings:
+            row = dict(scored[str(step)]["scores"])
+        else:
+            try:
+                rt = load_runtime(path, need_vae=False, need_clap=True)  # eval_generation scores with CLAP
+            except (FileNotFoundError, ValueError) as e:
+                fail(str(e))
+            runs = [eval_generation(rt, rows, args.cfg, seed) for seed in range(args.seeds)]
+            row = {k: float(np.mean([r[k] for r in runs])) for k in SHARES}
+            row["sd"] = float(np.std([r["score"] for r in runs], ddof=1)) if args.seeds > 1 else float("nan")
+            scored[str(step)] = {"settings": settings, "scores": dict(row)}
+            with atomic_path(scored_path) as tmp, open(tmp, "w") as f:
+                json.dump(scored, f, indent=1)
         entry = log.get(step, {})
         held = [r["eval_loss"] for s, r in log.items() if s <= step and "eval_loss" in r]
         row.update(step=step, minutes=entry.get("time", float("nan")) / 60, loss=entry.get("loss", float("nan")),

@@ -48,8 +48,22 @@ def test_curve_tool_on_a_tiny_run(tiny_run):
         table = [line for line in (runs / "curve.md").read_text().splitlines() if line.startswith("| 2 |")]
         assert len(table) == 1
         assert Image.open(runs / "curve.png").size == (640, 400)
+        # run again: the scored point is read back from curve_points.json, not sampled again
+        # (its checkpoint is made unreadable, so scoring it again would fail)
+        (runs / "gen_step000002.pt").write_bytes(b"not a checkpoint")
+        again = subprocess.run([sys.executable, "curve.py", "--ckpt_dir", str(runs), "--data",
+                                str(tiny_run / "toy"), "--n_eval", "2", "--n_gen", "2", "--seeds", "1"], cwd=ROOT,
+                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert (runs / "curve.md").read_text().splitlines()[4] == table[0]
+        other = subprocess.run([sys.executable, "curve.py", "--ckpt_dir", str(runs), "--data",  # other settings
+                                str(tiny_run / "toy"), "--n_eval", "2", "--n_gen", "1", "--seeds", "1"], cwd=ROOT,
+                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert other.returncode != 0 and "gen_step000002.pt" in other.stderr  # scored anew: the file is read
     finally:
-        os.remove(runs / "gen_step000002.pt")
+        for name in ("gen_step000002.pt", "curve_points.json"):
+            if os.path.exists(runs / name):
+                os.remove(runs / name)
 
 
 def test_curve_without_kept_checkpoints_says_how(tmp_path):
