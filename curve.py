@@ -16,7 +16,7 @@ training minutes so far. The points of one run share its learning-rate schedule,
 the early ones are taken mid-schedule, before the cosine decay has annealed them.
 Each point's scores are kept in curve_points.json beside the checkpoints, so running the
 tool again while the stage still trains scores only the points kept since (a point is
-scored again when --n_gen, --seeds or --cfg differ from the ones it was scored with).
+scored again when its checkpoint file, --n_gen, --seeds or --cfg changed since).
 
 The plot is written as a PNG by hand (zlib and a 3 x 5 pixel digit font) so the tool
 needs nothing beyond numpy: x is training minutes, y is 0-100%, one line per figure in
@@ -125,10 +125,14 @@ def main():
     log_path = os.path.join(args.ckpt_dir, f"{args.stage}.log.jsonl")
     log = {r["step"]: r for r in map(json.loads, open(log_path))} if os.path.isfile(log_path) else {}
     scored_path = os.path.join(args.ckpt_dir, "curve_points.json")
-    scored = json.load(open(scored_path)) if os.path.isfile(scored_path) else {}  # "step" -> settings, scores
-    settings = {"n_gen": len(rows), "seeds": args.seeds, "cfg": args.cfg}
+    try:  # "step" -> the settings and checkpoint file it was scored with, its scores
+        scored = json.load(open(scored_path)) if os.path.isfile(scored_path) else {}
+    except ValueError:
+        fail(f"{scored_path} is not readable JSON; delete it and the points are scored again")
     table = []
     for step, path in points:
+        settings = {"n_gen": len(rows), "seeds": args.seeds, "cfg": args.cfg,
+                    "file": [os.path.getsize(path), os.path.getmtime(path)]}  # a checkpoint written anew is new
         if scored.get(str(step), {}).get("settings") == settings:
             row = dict(scored[str(step)]["scores"])
         else:

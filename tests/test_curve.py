@@ -50,7 +50,10 @@ def test_curve_tool_on_a_tiny_run(tiny_run):
         assert Image.open(runs / "curve.png").size == (640, 400)
         # run again: the scored point is read back from curve_points.json, not sampled again
         # (its checkpoint is made unreadable, so scoring it again would fail)
+        stamp = os.stat(runs / "gen_step000002.pt")
         (runs / "gen_step000002.pt").write_bytes(b"not a checkpoint")
+        os.truncate(runs / "gen_step000002.pt", stamp.st_size)  # the same size and time: taken as the same file
+        os.utime(runs / "gen_step000002.pt", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         again = subprocess.run([sys.executable, "curve.py", "--ckpt_dir", str(runs), "--data",
                                 str(tiny_run / "toy"), "--n_eval", "2", "--n_gen", "2", "--seeds", "1"], cwd=ROOT,
                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
