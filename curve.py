@@ -125,8 +125,11 @@ def main():
     log_path = os.path.join(args.ckpt_dir, f"{args.stage}.log.jsonl")
     log = {r["step"]: r for r in map(json.loads, open(log_path))} if os.path.isfile(log_path) else {}
     scored_path = os.path.join(args.ckpt_dir, "curve_points.json")
-    try:  # "step" -> the settings and checkpoint file it was scored with, its scores
-        scored = json.load(open(scored_path)) if os.path.isfile(scored_path) else {}
+    scored = {}  # "step" -> the settings and checkpoint file it was scored with, its scores
+    try:
+        if os.path.isfile(scored_path):
+            with open(scored_path) as f:
+                scored = json.load(f)
     except ValueError:
         fail(f"{scored_path} is not readable JSON; delete it and the points are scored again")
     table = []
