@@ -161,8 +161,9 @@ def main():
              "| step | minutes | training loss | held-out loss | adherence | events exactly right | A-then-B order "
              "| length in range |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
+        spread = f" +- {100 * r['sd']:.1f}" if np.isfinite(r["sd"]) else ""  # over seeds; one seed has none
         lines.append(f"| {r['step']} | {r['minutes']:.1f} | {r['loss']:.3f} | {r['held_out']:.3f} "
-                     f"| {100 * r['score']:.1f} +- {100 * r['sd']:.1f}% | {100 * r['events']:.1f}% "
+                     f"| {100 * r['score']:.1f}{spread}% | {100 * r['events']:.1f}% "
                      f"| {100 * r['order']:.1f}% | {100 * r['length_ok']:.1f}% |")
     lines += ["", "curve.png: x minutes, y percent; " + ", ".join(f"{label} {colour}" for label, colour, _ in LINES.values())]
     print("\n".join(lines))

@@ -84,6 +84,11 @@ def kl(p, q):
 REFLECT_ROUNDS = 2  # make_audio's "reflect": at most this many critiques
 
 
+MAX_SECONDS = 10.0  # the longest clip eval lets the model write: sample.py's default, the same for every
+# prompt, so where a clip ends is the model's own decision (a cap taken from the held-out clip's
+# duration would cut a clip that runs on near the right length and hide it)
+
+
 def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
     """One clip for a prompt -> codes (8, T) (T may be 0). direct: the text-to-audio template;
     enrich: reason.enrich (rich caption, then audio); reflect: reason.reflect with
@@ -125,7 +130,7 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     g = torch.Generator().manual_seed(seed)
     scores, claps, made, real, kls, lengths = [], [], [], [], [], []
     for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
-        codes = make_audio(rt, r[prompt_key], method, cfg_scale, r["duration"] + 2, g, seed + i)
+        codes = make_audio(rt, r[prompt_key], method, cfg_scale, MAX_SECONDS, g, seed + i)
         lengths.append((r["layout"], codes.shape[1] / FRAME_RATE))
         if not audible(codes):  # nothing, or too short to hear: a failed clip
             scores.append({"events": 0.0, "layout": 0.0, "counts": 0.0, "pitch": 0.0, "score": 0.0})
@@ -259,7 +264,7 @@ def why_reflection(rt, rows, seeds):
         for i, r in enumerate(tqdm(rows, desc=f"why reflection (seed {seed})")):
             truth = {e["keyword"] for e in r["events"]}
             with tempfile.TemporaryDirectory() as d:
-                s = reason.Settings(out=d, cfg=3.0, max_seconds=r["duration"] + 2, vae=False, seed=seed + i, echo=False)
+                s = reason.Settings(out=d, cfg=3.0, max_seconds=MAX_SECONDS, vae=False, seed=seed + i, echo=False)
                 try:
                     steps = reason.reflect(rt, r["caption"], 1, s)
                 except ValueError:  # audio too short to hear: no critique to check

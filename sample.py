@@ -154,7 +154,9 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
     pattern after every prompt, and the returned codes begin with them (T0 < max_frames).
     With cfg_scale == 1 the unconditional branch is skipped; else each row has a twin of the
     same length whose prompt is all pad (what cfg_dropout trains), and the two logits mix as
-    g * cond + (1 - g) * uncond.
+    g * cond + (1 - g) * uncond for the codes. The end is drawn from cond alone: the twin has
+    no caption to finish, and guidance would stretch the gap between its chance of ending and
+    cond's into clips cut early or run on; a clip's length is the prompted model's to decide.
 
     Prompts of other lengths are left-padded to the longest: a row's padding slots are hidden
     from its queries and its position ids start at 0 at its first real row, so each row
@@ -200,11 +202,16 @@ def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8,
     bar = tqdm(total=max_frames + N_STREAMS - 1, initial=T0, desc="frames", unit="frame", disable=not progress)
     for s in range(T0, max_frames + N_STREAMS - 1):
         bar.update()
-        if guided:
-            logits = cfg_scale * logits[:m] + (1 - cfg_scale) * logits[m:]
         cells = delay_cells(s, end)  # (m, 8): False where the delay pattern puts a pad
+        if guided:  # the end (codebook 0's pad) is drawn from the conditional branch alone; the codes, guided
+            stop = sample_next(logits[:m, 0], temperature, top_k, generator) == 0
+            logits = cfg_scale * logits[:m] + (1 - cfg_scale) * logits[m:]
+            logits[:, 0, 0] = float("-inf")
         logits[..., 1:, 0] = logits[..., 1:, 0].masked_fill(cells[:, 1:], float("-inf"))  # no early pad
-        idx = sample_next(logits, temperature, top_k, generator).masked_fill(~cells, 0)  # (m, 8)
+        idx = sample_next(logits, temperature, top_k, generator)  # (m, 8)
+        if guided:
+            idx[:, 0] = idx[:, 0].masked_fill(stop, 0)
+        idx = idx.masked_fill(~cells, 0)
         known = (s - k < T0) & (s - k >= 0)  # cells the continued audio already holds
         if known.any():
             idx[:, known] = prompt_codes[known, (s - k)[known]].to(device).long() + 1

@@ -28,8 +28,9 @@ class Tok:
 def test_cfg_greedy_decoding_equals_full_forward(compiled):
     """Greedy (temperature 0): every free cell of the delayed grid must be the argmax of
     g * cond + (1 - g) * uncond, where cond sees the prompt and uncond an all-pad prefix,
-    both recomputed here from scratch on the finished grid with no cache. Also with the
-    frame step under torch.compile, as `sample.py --compile` runs it."""
+    both recomputed here from scratch on the finished grid with no cache; codebook 0's pad
+    (the end) is cond's argmax alone, and never the guided one's. Also with the frame step
+    under torch.compile, as `sample.py --compile` runs it."""
     step = torch.compile(sample.decode_step) if compiled else None
     torch.manual_seed(0)
     model = UALM(CFG).eval()
@@ -50,16 +51,17 @@ def test_cfg_greedy_decoding_equals_full_forward(compiled):
         guided = g * cond + (1 - g) * uncond  # (L + T + 7, 8, 1025)
         for s in range(T + N_STREAMS - 1):
             logits = guided[L - 1 + s].clone()
+            logits[:, 0] = float("-inf")  # no pad inside a codebook's span; the end is cond's
             for k in range(N_STREAMS):
                 if s < k or s >= T + k:  # the delay pattern's empty cells are forced to pad
                     assert grid[s, k] == CFG.audio_offset + 1025 * k
                     continue
-                if k > 0:
-                    logits[k, 0] = float("-inf")  # no pad inside a codebook's span
+                if k == 0:  # frame s was written: the conditional branch did not end the clip here
+                    assert int(cond[L - 1 + s, 0].argmax()) != 0, s
                 want = int(logits[k].argmax())
                 assert int(grid[s, k]) - CFG.audio_offset - 1025 * k == want, (s, k)
-        if T < T_max:  # it stopped by itself: codebook 0 chose its pad after T frames
-            assert int(guided[L - 1 + T, 0].argmax()) == 0
+        if T < T_max:  # it stopped by itself: the conditional branch chose codebook 0's pad after T frames
+            assert int(cond[L - 1 + T, 0].argmax()) == 0
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -174,6 +176,26 @@ def test_sampling_without_cfg_stops_where_a_full_forward_sampler_does(temperatur
     else:
         assert len(set(lengths)) > 1 and max(lengths) < 12, lengths
 
+
+
+def test_with_cfg_the_conditional_branch_alone_ends_the_clip():
+    """With guidance the end is drawn from the conditional logits, not the guided ones. The
+    counting model's unconditional twin, whose all-pad prompt embeds to zero, counts higher
+    than the prompted branch, so g * cond + (1 - g) * uncond puts codebook 0's pad below the
+    rest after 5 frames (checked on a full forward), where cond puts it 30 nats above: the
+    clips must still end after exactly 5 frames, as without guidance."""
+    rows, _ = prefix([{"role": "user", "text": "a bell rings"}], Tok(), COUNTER, AUDIO)
+    model = counting_model(rows, stop_at=5, nats=30.0)
+    g = 3.0
+    codes = generate_audio(model, rows, n=3, cfg_scale=g, temperature=0.9, top_k=50, max_frames=12,
+                           generator=torch.Generator().manual_seed(0))
+    assert [c.shape[1] for c in codes] == [5, 5, 5]
+    grid = COUNTER.audio_ids(delay_pattern(codes[0][None])[0]).T[:5]  # the rows before the end
+    with torch.no_grad():
+        cond = model.audio_logits(model(torch.cat([rows, grid])[None]))[0, -1, 0]
+        uncond = model.audio_logits(model(torch.cat([torch.zeros_like(rows), grid])[None]))[0, -1, 0]
+    guided = g * cond + (1 - g) * uncond
+    assert cond[0] > cond[1:].max() + 20 and guided[0] < guided[1:].max()  # cond ends here, guidance would not
 
 # ---------------------------------------------------------------------------------------------- sample.py end to end
 
