@@ -43,7 +43,7 @@ from dpo import REWARDS, dpo_files, load_pairs
 from model import AUDIO, TEXT
 from parts import run_parts
 from sequences import build, frame_nll
-from sample import audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
+from sample import MAX_SECONDS, audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
 from utils import atomic_path, fail
 from toy.analyzer import adherence, analyze
 from toy.world import KEYWORDS, LAYOUTS, MAX_DURATION
@@ -82,11 +82,6 @@ def kl(p, q):
 
 
 REFLECT_ROUNDS = 2  # make_audio's "reflect": at most this many critiques
-
-
-MAX_SECONDS = 10.0  # the longest clip eval lets the model write: sample.py's default, the same for every
-# prompt, so where a clip ends is the model's own decision (a cap taken from the held-out clip's
-# duration would cut a clip that runs on near the right length and hide it)
 
 
 def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
@@ -130,6 +125,8 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     g = torch.Generator().manual_seed(seed)
     scores, claps, made, real, kls, lengths = [], [], [], [], [], []
     for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
+        # every clip may run to sample.py's MAX_SECONDS, whatever the held-out clip's duration, so where
+        # it ends is the model's own decision (a cap from the ground truth would hide a clip that runs on)
         codes = make_audio(rt, r[prompt_key], method, cfg_scale, MAX_SECONDS, g, seed + i)
         lengths.append((r["layout"], codes.shape[1] / FRAME_RATE))
         if not audible(codes):  # nothing, or too short to hear: a failed clip

@@ -98,6 +98,7 @@ def audible(codes):
 
 
 PEAK = 0.99  # the loudest sample a written file may hold: full scale less a margin, so nothing clips
+MAX_SECONDS = 10.0  # the longest clip written unless --max_seconds says otherwise
 AUDIO_FORMATS = (".wav", ".flac")  # what write_audio writes, chosen by the file's extension
 
 
@@ -350,7 +351,7 @@ def main():
     p.add_argument("--top_k", type=int, default=20, help="sample among the k likeliest codes, 1 or more")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
-    p.add_argument("--max_seconds", type=float, default=10.0,
+    p.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
                    help="the longest clip, in seconds (more than 0); longer than the context holds, it is written "
                         f"in windows, each continuing from the last {KEEP_SECONDS:g} s of the one before")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="CLIP",
