@@ -12,7 +12,8 @@ held-out clips (the last --n_eval of the manifest, as train.py holds them out).
   between CLAP audio embeddings of the generated and the real clips, and the KL
   divergence between the event distributions CLAP's frame tagger finds in the real clip
   and in the one generated for its caption (the paper's FD and KL, with our CLAP in
-  place of PANNs / PaSST);
+  place of PANNs / PaSST); and the same by asked layout (one event, two together, two or
+  three in sequence), beside where the clips end against the world's lengths;
 - understanding: answer accuracy (exact match) on held-out questions about real clips,
   and keyword accuracy of captions (every true event named, none invented);
 - text: exact-match accuracy on held-out arithmetic problems;
@@ -120,15 +121,15 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     """Generate for each held-out row's prompt (its caption, or its vague prompt) and score
     the clip against the row's ground truth: adherence (and its parts), order (the layout
     of the two-event sequences alone), length_ok (the clip's length inside the world's range
-    for the asked layout, length_range), CLAP (with the caption), FD, KL; and lengths, a
-    list of (layout, seconds generated) for length_table."""
+    for the asked layout, length_range), CLAP (with the caption), FD, KL; and clips, one
+    (layout, seconds generated, adherence, events right) per row for layout_table."""
     g = torch.Generator().manual_seed(seed)
-    scores, claps, made, real, kls, lengths = [], [], [], [], [], []
+    scores, seconds, claps, made, real, kls = [], [], [], [], [], []
     for i, r in enumerate(tqdm(rows, desc=f"generation ({method}, cfg {cfg_scale:g})")):
         # every clip may run to sample.py's MAX_SECONDS, whatever the held-out clip's duration, so where
         # it ends is the model's own decision (a cap from the ground truth would hide a clip that runs on)
         codes = make_audio(rt, r[prompt_key], method, cfg_scale, MAX_SECONDS, g, seed + i)
-        lengths.append((r["layout"], codes.shape[1] / FRAME_RATE))
+        seconds.append(codes.shape[1] / FRAME_RATE)
         if not audible(codes):  # nothing, or too short to hear: a failed clip
             scores.append({"events": 0.0, "layout": 0.0, "counts": 0.0, "pitch": 0.0, "score": 0.0})
             continue
@@ -143,26 +144,28 @@ def eval_generation(rt, rows, cfg_scale, seed, method="direct", prompt_key="capt
     out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
     order = [s["layout"] for s, r in zip(scores, rows) if r["layout"] == "sequence"]
     out["order"] = float(np.mean(order)) if order else float("nan")
-    out["length_ok"] = float(np.mean([in_range(lay, sec) for lay, sec in lengths]))
+    out["length_ok"] = float(np.mean([in_range(r["layout"], sec) for r, sec in zip(rows, seconds)]))
     out["clap"] = float(np.mean(claps)) if claps else 0.0
     out["fd"] = frechet_distance(made, real) if len(made) > 1 else float("nan")
     out["kl"] = float(np.mean(kls)) if kls else float("nan")
-    out["lengths"] = lengths
+    out["clips"] = [(r["layout"], sec, sc["score"], float(sc["events"])) for r, sec, sc in zip(rows, seconds, scores)]
     return out
 
 
-def length_table(lengths):
-    """[(layout, seconds generated), ...] -> markdown rows: per asked layout, the world's range
-    and the generated lengths' 10th, 50th and 90th percentiles and share inside the range."""
-    out = ["| asked layout | clips | world's range (s) | generated: 10% / 50% / 90% (s) | inside the range |",
-           "|---|---|---|---|---|"]
+def layout_table(clips):
+    """[(layout, seconds generated, adherence, events right), ...] -> markdown rows: per asked
+    layout, the world's range of lengths, the generated lengths' 10th, 50th and 90th
+    percentiles and share inside the range, and the clips' mean adherence and events right,
+    so a weakness of one layout (the second of two events, say) shows where a mean hides it."""
+    out = ["| asked layout | clips | world's range (s) | generated: 10% / 50% / 90% (s) | inside the range "
+           "| adherence | events right |", "|---|---|---|---|---|---|---|"]
     for layout in LAYOUTS:
-        sec = np.array([s for lay, s in lengths if lay == layout])
-        if len(sec):
-            lo, hi = length_range(layout)
+        mine = np.array([c[1:] for c in clips if c[0] == layout], dtype=float).reshape(-1, 3)
+        if len(mine):
+            (lo, hi), sec = length_range(layout), mine[:, 0]
             p10, p50, p90 = np.percentile(sec, [10, 50, 90])
-            inside = np.mean(in_range(layout, sec))
-            out.append(f"| {layout} | {len(sec)} | {lo:.1f}-{hi:.1f} | {p10:.1f} / {p50:.1f} / {p90:.1f} | {pct(inside)} |")
+            out.append(f"| {layout} | {len(sec)} | {lo:.1f}-{hi:.1f} | {p10:.1f} / {p50:.1f} / {p90:.1f} "
+                       f"| {pct(np.mean(in_range(layout, sec)))} | {pct(mine[:, 1].mean())} | {pct(mine[:, 2].mean())} |")
     return out
 
 
@@ -319,7 +322,7 @@ SHARES = ("score", "events", "layout", "counts", "pitch", "order", "length_ok") 
 def over_seeds(rt, rows, cfg_scale, seeds, method="direct", prompt_key="caption"):
     """eval_generation once per seed -> {metric: cell}, each cell 'mean +- sample std' over the seeds."""
     runs = [eval_generation(rt, rows, cfg_scale, seed, method, prompt_key) for seed in seeds]
-    cells = {"lengths": [x for r in runs for x in r.pop("lengths")]}
+    cells = {"clips": [x for r in runs for x in r.pop("clips")]}
     for k in runs[0]:
         v = np.array([r[k] for r in runs])
         scale, fmt = (100, "{:.1f}") if k in SHARES else (1, "{:.3f}")
@@ -361,7 +364,7 @@ def replicate(args, gen, und, txt):
            "| model | checkpoint | CFG | adherence | events | layout | counts | pitch | order (A, then B) "
            "| length in range | CLAP | FD | KL |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    gen_lengths = None
+    gen_clips = None
     for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
                              ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
                              ("UALM-Reason + DPO", "dpo", 3.0),
@@ -371,9 +374,10 @@ def replicate(args, gen, und, txt):
                    f"| {g['counts']} | {g['pitch']} | {g['order']} | {g['length_ok']} | {g['clap']} | {g['fd']} "
                    f"| {g['kl']} |")
         print(out[-1])
-        gen_lengths = gen_lengths or g["lengths"]
-    out += ["", "Where the clips of gen.pt end, against the lengths the world gives each layout:", ""]
-    out += length_table(gen_lengths)
+        gen_clips = gen_clips or g["clips"]
+    out += ["", "The clips of gen.pt by asked layout: where they end, against the lengths the world gives "
+            "the layout, and how well they follow the caption:", ""]
+    out += layout_table(gen_clips)
     print("\n".join(out[-len(LAYOUTS) - 2:]))
     out += ["", f"Does the LM read its caption? Teacher-forced cross-entropy of the {len(gen)} held-out clips' codec "
             "tokens after their own caption and after another clip's (nats per frame; onset: the first 10 rows).", "",
@@ -466,7 +470,7 @@ def main():
           f"{100 * g['events']:.1f}%, layout {100 * g['layout']:.1f}%, counts {100 * g['counts']:.1f}%, pitch "
           f"{100 * g['pitch']:.1f}%; A-then-B order {100 * g['order']:.1f}%, length in the layout's range "
           f"{100 * g['length_ok']:.1f}%), CLAP {g['clap']:.3f}, FD {g['fd']:.3f}, KL {g['kl']:.3f}")
-    print("\n".join(length_table(g["lengths"])))
+    print("\n".join(layout_table(g["clips"])))
     c = caption_gap(rt, gen)
     print(f"caption gap ({len(gen)} clips, teacher-forced): {c['own']:.3f} nats per frame after the clip's own caption, "
           f"{c['other']:.3f} after another's (gap {c['gap']:.3f}; {c['onset_gap']:.3f} over the first 10 rows)")

@@ -110,14 +110,17 @@ def test_why_dpo_worked_example(monkeypatch):
 
 
 def test_lengths_against_the_worlds_ranges():
-    """in_range and length_table on worked examples: the world gives 'sequence' 3-5 s and
-    'single' 2-5 s; a length within half a 20 ms frame of a bound counts as inside."""
+    """in_range and layout_table on worked examples: the world gives 'sequence' 3-5 s and
+    'single' 2-5 s; a length within half a 20 ms frame of a bound counts as inside; a layout's
+    adherence and events right are the means of its clips'."""
     import eval as ev
     assert ev.length_range("sequence") == (3.0, 5.0)
     assert [bool(ev.in_range("sequence", s)) for s in (2.98, 2.99, 3.5, 5.0, 5.01, 5.02)] == \
         [False, True, True, True, True, False]
-    lengths = [("single", 0.2), ("single", 3.0), ("single", 4.0), ("single", 6.0), ("sequence", 4.0)]
-    table = ev.length_table(lengths)
-    assert table[2] == "| single | 4 | 2.0-5.0 | 1.0 / 3.5 / 5.4 | 50.0% |"  # numpy's linear percentiles
-    assert table[3] == "| sequence | 1 | 3.0-5.0 | 4.0 / 4.0 / 4.0 | 100.0% |"
+    clips = [("single", 0.2, 0.0, 0.0), ("single", 3.0, 1.0, 1.0), ("single", 4.0, 0.75, 1.0),
+             ("single", 6.0, 0.25, 0.0), ("sequence", 4.0, 0.5, 1.0)]
+    table = ev.layout_table(clips)
+    # numpy's linear percentiles; adherence (0 + 1 + 0.75 + 0.25) / 4, events 2 of 4
+    assert table[2] == "| single | 4 | 2.0-5.0 | 1.0 / 3.5 / 5.4 | 50.0% | 50.0% | 50.0% |"
+    assert table[3] == "| sequence | 1 | 3.0-5.0 | 4.0 / 4.0 / 4.0 | 100.0% | 50.0% | 100.0% |"
     assert len(table) == 4  # header, rule, the two layouts asked
