@@ -4,15 +4,18 @@ pretrained models the paper relies on (CLAP for evaluation and the DPO reward, S
 section 7; the frozen AF-Whisper audio encoder, section 3). Three jobs:
 
 - the CLAP score of evaluation: cosine similarity of a clip's and a prompt's embeddings;
-- the reward that ranks the model's own samples into DPO pairs;
+- the reward that ranks the model's own samples into DPO pairs, and best of N
+  (sample.py --best_of: several clips drawn, the one closest to the prompt kept);
 - the LM's ears: its audio tower is encoder.py's Whisper-style encoder, and the frozen,
   trained tower is what the LM hears through (the paper's frozen AF-Whisper; nothing
   pretrained exists offline, so the toy world trains its own).
 
-The audio tower learns from two signals: the contrastive loss against the caption, and
-a frame-level tagging loss from the world's ground truth (which events sound in each
-40 ms frame, where units start, their pitch and level), so that its 25 Hz features keep
-the timing the LM needs to count and to order events.
+The audio tower learns from two signals: the contrastive loss against the caption (and
+against hard negatives, captions that get one fact of the clip wrong, so the score hears
+order, counts and pitch, not only which sounds are there), and a frame-level tagging loss
+from the world's ground truth (which events sound in each 40 ms frame, where units start,
+their pitch and level), so that its 25 Hz features keep the timing the LM needs to count
+and to order events.
 """
 
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from checkpoint import load_module
 from utils import learning_rate
 from encoder import ENCODER_PRESETS, FEATURES_PER_SECOND, SAMPLE_RATE, AudioEncoder
-from toy.world import KEYWORDS
+from toy.world import KEYWORDS, MAX_COUNT, sample_event, short_caption
 
 K = len(KEYWORDS)
 N_TAGS = 2 * K + 4  # active per keyword, unit onset per keyword, low/high pitch, loud/quiet
@@ -111,13 +114,17 @@ class Clap(nn.Module):
     def text_embed(self, ids):
         return F.normalize(self.text_proj(self.text(ids)), dim=-1)
 
-    def loss(self, waves, ids, tags):
-        """Contrastive (both directions) + frame tagging; tags (B, T25, N_TAGS) padded."""
+    def loss(self, waves, ids, tags, negative_ids=None):
+        """Contrastive (both directions) + frame tagging; tags (B, T25, N_TAGS) padded.
+        negative_ids (H, S): hard negatives, texts no clip of the batch matches (contradiction()
+        of its captions): extra columns of the audio -> text direction."""
         feats, lengths = self.hear(waves)
         a, t = self.audio_embed(feats, lengths), self.text_embed(ids)
-        logits = self.logit_scale.exp().clamp(max=100) * a @ t.T
+        scale = self.logit_scale.exp().clamp(max=100)
+        logits = scale * a @ t.T
         target = torch.arange(len(a), device=a.device)
-        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        a2t = logits if negative_ids is None else torch.cat([logits, scale * a @ self.text_embed(negative_ids).T], 1)
+        contrastive = (F.cross_entropy(a2t, target) + F.cross_entropy(logits.T, target)) / 2
         keep = real_frames(feats, lengths).float()
         bce = F.binary_cross_entropy_with_logits(self.tagger(feats), tags[:, :feats.shape[1]], reduction="none")
         tagging = (bce.mean(-1) * keep).sum() / keep.sum()
@@ -147,13 +154,51 @@ def pad_ids(seqs, pad, max_len=256):
     return torch.tensor([s[:n] + [pad] * (n - len(s[:n])) for s in seqs], dtype=torch.long)
 
 
+def contradiction(record, rng):
+    """A caption that gets one fact of a clip wrong, in the world's own words: the order of
+    its events (or 'then' for 'together'), a count, a pitch, or which sound one event is.
+    e.g. for 'A low bell, then two high beeps.': 'Two high beeps, then a low bell.', 'A low
+    bell, then three high beeps.', 'A high bell, then two high beeps.' or 'A hiss, then two
+    high beeps.' (the level words and the template are drawn as the world draws them).
+    A clip never matches it: a hard negative that only a CLAP that hears order, counts,
+    pitch and every event can tell from the truth."""
+    layout, events = record["layout"], [dict(ev) for ev in record["events"]]
+    kinds = ["event"]
+    if len(events) > 1:
+        kinds.append("order")
+    if any("count" in ev for ev in events):
+        kinds.append("count")
+    if any("pitch" in ev for ev in events):
+        kinds.append("pitch")
+    kind = kinds[rng.integers(len(kinds))]
+    if kind == "order":
+        if layout == "together":
+            layout = "sequence"
+        else:
+            events = events[1:] + events[:1]
+    elif kind == "count":
+        ev = [ev for ev in events if "count" in ev][rng.integers(sum("count" in ev for ev in events))]
+        ev["count"] = int(rng.choice([n for n in range(1, MAX_COUNT + 1) if n != ev["count"]]))
+    elif kind == "pitch":
+        ev = [ev for ev in events if "pitch" in ev][rng.integers(sum("pitch" in ev for ev in events))]
+        ev["pitch"] = "low" if ev["pitch"] == "high" else "high"
+    else:
+        i = int(rng.integers(len(events)))
+        other = [k for k in KEYWORDS if k not in {ev["keyword"] for ev in events}]
+        events[i] = sample_event(str(rng.choice(other)), rng)
+    return short_caption({"layout": layout, "events": events}, rng)
+
+
 def train_clap(clips, tok, steps, lr, batch, seed):
     """clips: [(16 kHz waveform, generation record)], tok: the text tokenizer -> a trained Clap.
     Each step draws `batch` clips; the text is the short caption on odd steps and the rich
-    caption on even ones."""
+    caption on even ones. On odd steps each caption also brings a contradiction() as a hard
+    negative: without them nothing in a batch of random clips asks the embeddings to hold the
+    order of events, their counts or pitch, and the CLAP score that ranks the LM's samples
+    would not hear 'A, then B' from 'B, then A'."""
     model = Clap(ClapConfig(text_vocab=tok.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed)
+    g, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     bar = tqdm(range(steps), desc="clap")
     for step in bar:
         for group in opt.param_groups:
@@ -162,9 +207,10 @@ def train_clap(clips, tok, steps, lr, batch, seed):
         waves = [torch.from_numpy(clips[i][0]) for i in pick]
         rows = [clips[i][1] for i in pick]
         ids = pad_ids([tok.encode(r["caption"] if step % 2 else r["rich_caption"]) for r in rows], tok.vocab_size)
+        negatives = [tok.encode(contradiction(r, rng)) for r in rows] if step % 2 else []
         n25 = max(len(w) for w in waves) // SAMPLE_RATE * FEATURES_PER_SECOND + FEATURES_PER_SECOND
         tags = torch.stack([frame_tags(r["events"], n25) for r in rows])
-        loss, parts = model.loss(waves, ids, tags)
+        loss, parts = model.loss(waves, ids, tags, pad_ids(negatives, tok.vocab_size) if negatives else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -44,7 +44,7 @@ from dpo import REWARDS, dpo_files, load_pairs
 from model import AUDIO, TEXT
 from parts import run_parts
 from sequences import build, frame_nll
-from sample import MAX_SECONDS, audible, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
+from sample import MAX_SECONDS, audible, clap_order, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
 from utils import atomic_path, fail
 from toy.analyzer import adherence, analyze
 from toy.world import KEYWORDS, LAYOUTS, MAX_DURATION
@@ -83,16 +83,20 @@ def kl(p, q):
 
 
 REFLECT_ROUNDS = 2  # make_audio's "reflect": at most this many critiques
+BEST_OF = 4  # clips drawn per prompt where the evaluation keeps CLAP's best (method "best")
 
 
 def make_audio(rt, prompt, method, cfg_scale, max_seconds, generator, seed):
     """One clip for a prompt -> codes (8, T) (T may be 0). direct: the text-to-audio template;
-    enrich: reason.enrich (rich caption, then audio); reflect: reason.reflect with
+    best: the same, BEST_OF clips drawn and the one CLAP scores highest kept (sample.py
+    --best_of); enrich: reason.enrich (rich caption, then audio); reflect: reason.reflect with
     REFLECT_ROUNDS rounds, its last audio."""
-    if method == "direct":
+    if method in ("direct", "best"):
+        n = BEST_OF if method == "best" else 1
         x, _ = prefix([{"role": "user", "text": tasks.TTA_PROMPT + prompt}], rt.tok, rt.model.cfg, AUDIO)
-        return generate_audio(rt.model, x, cfg_scale=cfg_scale, max_frames=int(max_seconds * FRAME_RATE),
-                              generator=generator)[0]
+        clips = generate_audio(rt.model, x, n=n, cfg_scale=cfg_scale, max_frames=int(max_seconds * FRAME_RATE),
+                               generator=generator)
+        return clips[clap_order(rt, prompt, clips)[0]] if n > 1 else clips[0]
     with tempfile.TemporaryDirectory() as d:
         s = reason.Settings(out=d, cfg=cfg_scale, max_seconds=max_seconds, vae=False, seed=seed, echo=False)
         try:
@@ -365,11 +369,13 @@ def replicate(args, gen, und, txt):
            "| length in range | CLAP | FD | KL |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     gen_clips = None
-    for label, name, cfg in [("UALM-Gen (text-to-audio only)", "gen", 3.0), ("UALM (unified)", "pretrain", 1.0),
-                             ("UALM (unified)", "pretrain", 3.0), ("UALM-Reason (after SFT)", "sft", 3.0),
-                             ("UALM-Reason + DPO", "dpo", 3.0),
-                             ("UALM-Reason + DPO, analyzer-ranked pairs", "dpo_analyzer", 3.0)]:
-        g = over_seeds(rt(name), rows, cfg, seeds)
+    for label, name, cfg, method in [
+            ("UALM-Gen (text-to-audio only)", "gen", 3.0, "direct"),
+            (f"UALM-Gen, best of {BEST_OF} by CLAP", "gen", 3.0, "best"),
+            ("UALM (unified)", "pretrain", 1.0, "direct"), ("UALM (unified)", "pretrain", 3.0, "direct"),
+            ("UALM-Reason (after SFT)", "sft", 3.0, "direct"), ("UALM-Reason + DPO", "dpo", 3.0, "direct"),
+            ("UALM-Reason + DPO, analyzer-ranked pairs", "dpo_analyzer", 3.0, "direct")]:
+        g = over_seeds(rt(name), rows, cfg, seeds, method)
         out.append(f"| {label} | {name}.pt | {cfg:g} | {g['score']} | {g['events']} | {g['layout']} "
                    f"| {g['counts']} | {g['pitch']} | {g['order']} | {g['length_ok']} | {g['clap']} | {g['fd']} "
                    f"| {g['kl']} |")
@@ -397,9 +403,10 @@ def replicate(args, gen, und, txt):
     out += ["", "| prompt | how (sft.pt, CFG 3) | adherence | events | layout | counts | pitch | CLAP |",
             "|---|---|---|---|---|---|---|---|"]
     for prompt_key, method in [("vague_prompt", "direct"), ("vague_prompt", "enrich"), ("caption", "direct"),
-                               ("caption", "reflect")]:
+                               ("caption", "best"), ("caption", "reflect")]:
         g = over_seeds(rt("sft"), rows, 3.0, seeds, method, prompt_key)
-        how = f"reflect, up to {REFLECT_ROUNDS} rounds" if method == "reflect" else method
+        how = {"reflect": f"reflect, up to {REFLECT_ROUNDS} rounds", "best": f"best of {BEST_OF} by CLAP"}
+        how = how.get(method, method)
         out.append(f"| {prompt_key.replace('_', ' ')} | {how} | {g['score']} | {g['events']} "
                    f"| {g['layout']} | {g['counts']} | {g['pitch']} | {g['clap']} |")
         print(out[-1])

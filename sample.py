@@ -97,6 +97,22 @@ def audible(codes):
     return codes.shape[1] * HOP >= MIN_SAMPLES
 
 
+@torch.no_grad()
+def clap_order(rt, prompt, clips):
+    """Candidate clips [(8, T_i) codes] for one prompt -> their indices, best first by the CLAP
+    score of clip and prompt (rt.clap); clips too short to hear come last, in their order.
+    Best of N: draw several clips and keep the one the CLAP hears closest to the prompt, the
+    reranking text-to-audio systems use, paid for with N clips' sampling time."""
+    from clap import pad_ids
+    heard = [i for i, c in enumerate(clips) if audible(c)]
+    scores = {}
+    if heard:
+        waves = [rt.codec.decode(clips[i][None].long().to(rt.device))[0] for i in heard]
+        ids = pad_ids([rt.tok.encode(prompt)] * len(heard), rt.tok.vocab_size).to(rt.device)
+        scores = dict(zip(heard, rt.clap.score(waves, ids).tolist()))
+    return sorted(heard, key=lambda i: -scores[i]) + [i for i in range(len(clips)) if i not in scores]
+
+
 PEAK = 0.99  # the loudest sample a written file may hold: full scale less a margin, so nothing clips
 MAX_SECONDS = 10.0  # the longest clip written unless --max_seconds says otherwise
 AUDIO_FORMATS = (".wav", ".flac")  # what write_audio writes, chosen by the file's extension
@@ -351,6 +367,8 @@ def main():
     p.add_argument("--top_k", type=int, default=20, help="sample among the k likeliest codes, 1 or more")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
+    p.add_argument("--best_of", type=int, default=1, help="draw this many clips for each one written and keep the "
+                   "one the run's CLAP (clap.pt) scores closest to the prompt, 1 or more")
     p.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
                    help="the longest clip, in seconds (more than 0); longer than the context holds, it is written "
                         f"in windows, each continuing from the last {KEEP_SECONDS:g} s of the one before")
@@ -369,6 +387,9 @@ def main():
                      (args.temperature < 0, f"--temperature {args.temperature:g}: give 0 (greedy) or more"),
                      (args.top_k < 1, f"--top_k {args.top_k}: give 1 or more"),
                      (args.num_samples < 1, f"--num_samples {args.num_samples}: give 1 or more"),
+                     (args.best_of < 1, f"--best_of {args.best_of}: give 1 or more"),
+                     (args.best_of > 1 and (args.audio or args.text), "--best_of ranks clips; drop it with --audio "
+                      "or --text, which answer in text"),
                      (args.batch_size < 1, f"--batch_size {args.batch_size}: give 1 or more"),
                      (not args.max_seconds > 0, f"--max_seconds {args.max_seconds:g}: give a length above 0"),
                      (args.max_seconds == float("inf"), "--max_seconds inf: give a finite number of seconds"),
@@ -394,7 +415,7 @@ def main():
     try:
         dtype = DTYPES.get(args.dtype, torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
         rt = load_runtime(args.ckpt, need_vae=not (args.no_vae or args.audio or args.text), device=args.device,
-                          dtype=dtype)
+                          dtype=dtype, need_clap=args.best_of > 1)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     torch.manual_seed(args.seed)
@@ -438,9 +459,16 @@ def main():
                  f"{args.max_seconds:g}; raise --max_seconds to leave room for the continuation")
     for first in range(0, len(batch), args.batch_size):
         chunk = batch[first:first + args.batch_size]
-        codes = generate_windows(rt.model, chunk, n=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+        n = args.num_samples * args.best_of  # drawn per prompt; with --best_of, the CLAP's best are kept
+        drawn = generate_windows(rt.model, chunk, n=n, cfg_scale=args.cfg, temperature=args.temperature,
                                  top_k=args.top_k, max_frames=max_frames, generator=g, prompt_codes=start,
                                  progress=True, step=step)
+        codes = []
+        for c_j in range(len(chunk)):
+            mine = drawn[c_j * n:(c_j + 1) * n]
+            if args.best_of > 1:
+                mine = [mine[i] for i in clap_order(rt, prompts[first + c_j], mine)]
+            codes += mine[:args.num_samples]
         for c_i, c in enumerate(codes):
             j, i = first + c_i // args.num_samples, c_i % args.num_samples
             tags = ([f"{j}"] if args.prompts_file else []) + ([f"{i}"] if args.num_samples > 1 else [])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from checkpoint import save_checkpoint
-from clap import K, N_TAGS, TAG_WEIGHT, Clap, ClapConfig, frame_tags, pad_ids
-from toy.world import KEYWORDS
+from clap import K, N_TAGS, TAG_WEIGHT, Clap, ClapConfig, contradiction, frame_tags, pad_ids
+from toy.world import KEYWORDS, arrange, phrase
 
 VOCAB = 50
 
@@ -50,19 +50,26 @@ def hand_embeddings(model, waves, ids):
     return unit(np_linear(model.audio_proj, pooled)), unit(np_linear(model.text_proj, pooled_text)), f, n
 
 
-@pytest.mark.parametrize("log_scale", [2.0, 5.0])  # e^5 = 148 is clamped to 100
-def test_loss_is_infonce_plus_masked_tagging_bce(log_scale):
+@pytest.mark.parametrize("log_scale,negatives", [(2.0, False), (5.0, False), (2.0, True)])  # e^5 = 148 is clamped to 100
+def test_loss_is_infonce_plus_masked_tagging_bce(log_scale, negatives):
+    """negatives: two hard-negative texts are two more columns of the audio -> text direction
+    only (every clip should score them below its own caption; no clip is theirs)."""
     model = tiny_clap()
     with torch.no_grad():
         model.logit_scale.fill_(log_scale)
     waves, ids = clips()
+    neg = pad_ids([[8, 17, 3], [30, 9]], VOCAB) if negatives else None
     tags = (torch.rand(3, 15, N_TAGS, generator=torch.Generator().manual_seed(1)) < 0.3).float()  # 3 frames too many
     with torch.no_grad():
-        total, parts = model.loss(waves, ids, tags)
+        total, parts = model.loss(waves, ids, tags, neg)
     a, t, f, n = hand_embeddings(model, waves, ids)
     assert n.tolist() == [7, 12, 10]
     logits = min(np.exp(log_scale), 100.0) * a @ t.T
-    rows = (logsumexp(logits, 1) - np.diag(logits)).mean()  # audio -> its caption among the 3
+    a2t = logits
+    if negatives:
+        _, t_neg, _, _ = hand_embeddings(model, waves, neg)
+        a2t = np.concatenate([logits, min(np.exp(log_scale), 100.0) * a @ t_neg[:2].T], 1)  # (3, 5)
+    rows = (logsumexp(a2t, 1) - np.diag(logits)).mean()  # audio -> its caption among the 3 (and the negatives)
     cols = (logsumexp(logits, 0) - np.diag(logits)).mean()  # caption -> its audio
     contrastive = (rows + cols) / 2
     z, y = np_linear(model.tagger, f), tags.double().numpy()[:, :f.shape[1]]  # [3, 12, N_TAGS]
@@ -132,3 +139,53 @@ def test_heard_keywords_worked_example():
     feats[2, :, 0] = 1.0  # 2 real frames: too short for anything
     heard = model.heard_keywords(feats, torch.tensor([5, 4, 2]))
     assert heard == [{"bell", "drum"}, {"bell"}, set()]
+
+
+def captions_of(plan):
+    """Every short caption the world may write for a plan: both templates, with and without
+    the level words (toy.world.short_caption's draws)."""
+    out = set()
+    for template in (0, 1):
+        for level in (False, True):
+            text = arrange([phrase(ev, level) for ev in plan["events"]], plan["layout"], template)
+            out.add(text[0].upper() + text[1:] + ".")
+    return out
+
+
+def test_contradictions_get_exactly_one_fact_wrong():
+    """A quiet low bell, then two loud high beeps: each contradiction is a caption the world
+    would write for the bell and beeps in the other order, for another count of beeps, for
+    one pitch flipped, or for a plan with a sound the clip lacks, and never one of the clip's
+    own captions. All four kinds come up."""
+    bell = {"keyword": "bell", "loudness": "quiet", "pitch": "low", "f0": 300.0, "onset": 0.1, "offset": 1.4}
+    beeps = {"keyword": "beep", "loudness": "loud", "pitch": "high", "count": 2, "f0": 2000.0, "onset": 1.6,
+             "offset": 2.9}
+    record = {"layout": "sequence", "events": [bell, beeps]}
+    truth = captions_of(record)
+    kinds = {"order": captions_of({"layout": "sequence", "events": [beeps, bell]}),
+             "count": set().union(*(captions_of({"layout": "sequence", "events": [bell, {**beeps, "count": c}]})
+                                    for c in (1, 3, 4))),
+             "pitch": captions_of({"layout": "sequence", "events": [{**bell, "pitch": "high"}, beeps]})
+             | captions_of({"layout": "sequence", "events": [bell, {**beeps, "pitch": "low"}]})}
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        text = contradiction(record, rng)
+        assert text not in truth
+        kind = next((k for k, texts in kinds.items() if text in texts), None)
+        if kind is None:  # another sound stands where the bell or the beeps were
+            words = text.lower()
+            assert any(k in words for k in KEYWORDS if k not in ("bell", "beep")), text
+            kind = "event"
+        seen.add(kind)
+    assert seen == {"order", "count", "pitch", "event"}
+    assert record["events"] == [bell, beeps] and beeps["count"] == 2  # the record itself is untouched
+    # 'together' contradicts as 'then'; a single hum has no order and no count to get wrong
+    hum = {"keyword": "hum", "loudness": "loud", "pitch": "low", "f0": 120.0, "onset": 0.1, "offset": 1.9}
+    hiss = {"keyword": "hiss", "loudness": "quiet", "onset": 0.1, "offset": 1.9}
+    together = {"layout": "together", "events": [hum, hiss]}
+    then = captions_of({"layout": "sequence", "events": [hum, hiss]})
+    assert any(contradiction(together, rng) in then for _ in range(50))
+    alone = [contradiction({"layout": "single", "events": [hum]}, rng) for _ in range(50)]
+    assert "A high hum." in alone and "A loud high hum." in alone and not captions_of({"layout": "single",
+                                                                                      "events": [hum]}) & set(alone)

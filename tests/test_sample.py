@@ -70,6 +70,8 @@ def test_cfg_greedy_decoding_equals_full_forward(compiled):
     (["--prompts_file", "no/such.txt"], "cannot read it"),
     (["--prompts_file", __file__, "--prompt", "a bell"], "drop --prompt"),
     (["--prompts_file", "binary.txt"], "not UTF-8 text"),
+    (["--prompt", "a bell", "--best_of", "0"], "--best_of 0: give 1 or more"),
+    (["--prompt", "a bell", "--text", "--best_of", "2"], "--best_of ranks clips"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, says, tmp_path):
     """Bad input ends in one sentence on stderr naming the fix, exit status 1, no traceback."""
@@ -252,6 +254,46 @@ def test_cli_writes_the_files_it_promises(tiny_run, tmp_path, monkeypatch, capsy
         want = vae(torch.from_numpy(mono)[None])[0].T.numpy()
     want *= min(1.0, 0.99 / np.abs(want).max())  # louder than 0.99: scaled down as a whole
     assert np.abs(stereo - want).max() < 2e-3  # the mono file went through 16-bit PCM on its way here
+
+
+def test_clap_order_worked_example():
+    """Five clips scored 0.2, (too short to hear), 0.9, -0.1, 0.5 by a stub CLAP -> best first
+    2, 4, 0, 3, then the unheard clip 1; the CLAP sees each heard clip's decoded waveform with
+    the prompt's tokens."""
+    class Codec:
+        def decode(self, codes):  # a clip of T frames -> a waveform whose first sample is T
+            return torch.full((1, 320 * codes.shape[-1]), float(codes.shape[-1]))
+
+    class Clap:
+        def score(self, waves, ids):
+            self.seen = ([int(w[0]) for w in waves], ids)
+            return torch.tensor([{3: 0.2, 5: 0.9, 6: -0.1, 7: 0.5}[int(w[0])] for w in waves])
+
+    rt = sample.Runtime(model=None, tok=type("T", (), {"encode": lambda self, s: [1, 2], "vocab_size": 9})(),
+                        codec=Codec(), ears=None, clap=Clap(), vae=None, device="cpu")
+    clips = [torch.zeros(8, t, dtype=torch.long) for t in (3, 1, 5, 6, 7)]  # 1 frame is 20 ms: not audible
+    assert sample.clap_order(rt, "a bell", clips) == [2, 4, 0, 3, 1]
+    assert rt.clap.seen[0] == [3, 5, 6, 7] and rt.clap.seen[1].tolist() == [[1, 2]] * 4
+
+
+def test_cli_best_of_keeps_the_clip_the_clap_hears_closest(tiny_run, tmp_path, monkeypatch, capsys):
+    """--best_of 4 draws what --num_samples 4 draws from the same seed and writes the one of
+    them that the run's CLAP (clap.pt, loaded here) scores highest against the prompt."""
+    import soundfile as sf
+    from clap import Clap, pad_ids
+    from tokenizer import load_tokenizer
+    common = ["--ckpt", tiny_run / "runs" / "gen.pt", "--max_seconds", 0.4, "--seed", 5, "--no_vae",
+              "--prompt", "a bell rings"]
+    run_main(monkeypatch, capsys, *common, "--num_samples", 4, "--out", tmp_path / "all.wav")
+    run_main(monkeypatch, capsys, *common, "--best_of", 4, "--out", tmp_path / "best.wav")
+    drawn = [sf.read(str(tmp_path / f"all_{i}.wav"), dtype="float32")[0] for i in range(4)]
+    best = sf.read(str(tmp_path / "best.wav"), dtype="float32")[0]
+    clap, tok = Clap.from_checkpoint(tiny_run / "runs" / "clap.pt"), load_tokenizer(tiny_run / "runs" / "tokenizer")
+    heard = [i for i, w in enumerate(drawn) if len(w) >= 480]
+    scores = clap.score([torch.from_numpy(drawn[i]) for i in heard],
+                        pad_ids([tok.encode("a bell rings")] * len(heard), tok.vocab_size))
+    want = drawn[heard[int(scores.argmax())]]
+    assert len(heard) > 1 and best.shape == want.shape and np.abs(best - want).max() == 0
 
 
 def test_cli_writes_past_the_context_in_windows(tiny_run, tmp_path, monkeypatch, capsys):
