@@ -44,7 +44,8 @@ from dpo import REWARDS, dpo_files, load_pairs
 from model import AUDIO, TEXT
 from parts import run_parts
 from sequences import build, frame_nll
-from sample import MAX_SECONDS, audible, clap_order, decode_text, generate_audio, generate_text, listen, load_runtime, prefix
+from sample import (MAX_SECONDS, audible, clap_order, decode_text, generate_audio, generate_text, listen, load_runtime,
+                    prefix)
 from utils import atomic_path, fail
 from toy.analyzer import adherence, analyze
 from toy.world import KEYWORDS, LAYOUTS, MAX_DURATION

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_ckpt, module_from
-from clap import Clap
+from clap import Clap, pad_ids
 from codec import FRAME_RATE, HOP, SAMPLE_RATE
 from data import load_audio
 from encoder import MIN_SAMPLES, AudioEncoder
@@ -103,7 +103,6 @@ def clap_order(rt, prompt, clips):
     score of clip and prompt (rt.clap); clips too short to hear come last, in their order.
     Best of N: draw several clips and keep the one the CLAP hears closest to the prompt, the
     reranking text-to-audio systems use, paid for with N clips' sampling time."""
-    from clap import pad_ids
     heard = [i for i, c in enumerate(clips) if audible(c)]
     scores = {}
     if heard:
