@@ -163,13 +163,8 @@ def contradiction(record, rng):
     A clip never matches it: a hard negative that only a CLAP that hears order, counts,
     pitch and every event can tell from the truth."""
     layout, events = record["layout"], [dict(ev) for ev in record["events"]]
-    kinds = ["event"]
-    if len(events) > 1:
-        kinds.append("order")
-    if any("count" in ev for ev in events):
-        kinds.append("count")
-    if any("pitch" in ev for ev in events):
-        kinds.append("pitch")
+    counted, pitched = [ev for ev in events if "count" in ev], [ev for ev in events if "pitch" in ev]
+    kinds = ["event"] + ["order"] * (len(events) > 1) + ["count"] * bool(counted) + ["pitch"] * bool(pitched)
     kind = kinds[rng.integers(len(kinds))]
     if kind == "order":
         if layout == "together":
@@ -177,10 +172,10 @@ def contradiction(record, rng):
         else:
             events = events[1:] + events[:1]
     elif kind == "count":
-        ev = [ev for ev in events if "count" in ev][rng.integers(sum("count" in ev for ev in events))]
+        ev = counted[rng.integers(len(counted))]
         ev["count"] = int(rng.choice([n for n in range(1, MAX_COUNT + 1) if n != ev["count"]]))
     elif kind == "pitch":
-        ev = [ev for ev in events if "pitch" in ev][rng.integers(sum("pitch" in ev for ev in events))]
+        ev = pitched[rng.integers(len(pitched))]
         ev["pitch"] = "low" if ev["pitch"] == "high" else "high"
     else:
         i = int(rng.integers(len(events)))
