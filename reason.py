@@ -49,8 +49,8 @@ import torch
 import tasks
 from codec import FRAME_RATE
 from model import AUDIO, EOS, EOT, N_STREAMS, TEXT
-from sample import (audible, choose_end, choose_modality, decode_text, generate_audio, generate_text,
-                    listen, load_runtime, prefix, to_wave, write_audio)
+from sample import (TEMPERATURE, TOP_K, audible, choose_end, choose_modality, decode_text, generate_audio,
+                    generate_text, listen, load_runtime, prefix, to_wave, write_audio)
 from sequences import audio_rows
 from utils import fail
 
@@ -65,8 +65,8 @@ END_NAMES = {EOT: "<|eot|>", EOS: "<|eos|>"}
 class Settings:
     out: str = "reason_out"
     cfg: float = 3.0
-    temperature: float = 0.8
-    top_k: int = 20
+    temperature: float = TEMPERATURE
+    top_k: int = TOP_K
     max_seconds: float = 10.0
     max_text_tokens: int = 200
     vae: bool = True
@@ -248,8 +248,8 @@ def main(argv=None):
     p.add_argument("--ckpt", default="runs/sft.pt", help="an LM checkpoint written by train.py")
     p.add_argument("--out", default="reason_out", help="folder for the audio steps")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=0.8, help="audio sampling temperature")
-    p.add_argument("--top_k", type=int, default=20, help="audio: sample among the k likeliest codes")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="audio sampling temperature")
+    p.add_argument("--top_k", type=int, default=TOP_K, help="audio: sample among the k likeliest codes")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same chain")
     p.add_argument("--max_seconds", type=float, default=10.0, help="the longest audio step")
     p.add_argument("--max_text_tokens", type=int, default=200, help="the longest text step")

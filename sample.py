@@ -153,11 +153,18 @@ def decode_step(model, x, pos, mask, position_ids):
 
 TEXT_TOKENS = 200  # the longest answer generate_text writes
 CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step meets few shapes
+# Audio codes are drawn at TEMPERATURE among each codebook's TOP_K likeliest codes (of 1024).
+# The temperature keeps codes clean; k must still leave room for what is rare on any one frame.
+# In a steady noise's frames each codebook's probability is spread over many codes, and the
+# quieter codes that begin the noise's fade-out, after which the clip ends, rank far down: at
+# k = 20 a hiss never fades and runs to the length cap; at k = 100 it ends where the world's
+# hisses end. (AudioCraft's MusicGen and AudioGen draw among 250.)
+TEMPERATURE, TOP_K = 0.8, 100
 
 
 @torch.no_grad()
-def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=0.8, top_k=20, max_frames=500,
-                   generator=None, prompt_codes=None, progress=False, step=None):
+def generate_audio(model, rows, feats=None, n=1, cfg_scale=3.0, temperature=TEMPERATURE, top_k=TOP_K,
+                   max_frames=500, generator=None, prompt_codes=None, progress=False, step=None):
     """Text (and heard audio) -> codes, with classifier-free guidance through one KV cache.
 
     rows: a prompt (L, 8) ending in <|assistant|> <|audio|>, or a list of prompts, sampled
@@ -362,8 +369,8 @@ def main():
                    help="the audio file to write, .wav or .flac (its folder is made if missing); a clip louder "
                         f"than {PEAK} of full scale is peak-normalised to it, so files never clip")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale, 0 or more (1 = off)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 or more (0 = greedy)")
-    p.add_argument("--top_k", type=int, default=20, help="sample among the k likeliest codes, 1 or more")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 or more (0 = greedy)")
+    p.add_argument("--top_k", type=int, default=TOP_K, help="sample among the k likeliest codes, 1 or more")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="clips per prompt, 1 or more")
     p.add_argument("--best_of", type=int, default=1, help="draw this many clips for each one written and keep the "
