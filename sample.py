@@ -154,12 +154,13 @@ def decode_step(model, x, pos, mask, position_ids):
 TEXT_TOKENS = 200  # the longest answer generate_text writes
 CACHE_ROUND = 64  # cache lengths are rounded up to this, so a compiled step meets few shapes
 # Audio codes are drawn at TEMPERATURE among each codebook's TOP_K likeliest codes (of 1024).
-# The temperature keeps codes clean; k must still leave room for what is rare on any one frame.
-# In a steady noise's frames each codebook's probability is spread over many codes, and the
-# quieter codes that begin the noise's fade-out, after which the clip ends, rank far down: at
-# k = 20 a hiss never fades and runs to the length cap; at k = 100 it ends where the world's
-# hisses end. (AudioCraft's MusicGen and AudioGen draw among 250.)
-TEMPERATURE, TOP_K = 0.8, 100
+# A small k keeps a weakly trained model (the 30-minute pipeline's) off the far tail of its
+# codes, which holds junk that runs on. It also cuts what is rare on any one frame: in a steady
+# noise's frames each codebook's probability is spread over many codes, and the quieter codes
+# that begin the noise's fade-out, after which the clip ends, rank far down, so at k = 20 a
+# well-trained model's hiss never fades and runs to the length cap. A model trained longer
+# samples better with --top_k 100 (AudioCraft's MusicGen and AudioGen draw among 250).
+TEMPERATURE, TOP_K = 0.8, 20
 
 
 @torch.no_grad()
