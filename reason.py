@@ -49,8 +49,8 @@ import torch
 import tasks
 from codec import FRAME_RATE
 from model import AUDIO, EOS, EOT, N_STREAMS, TEXT
-from sample import (TEMPERATURE, TOP_K, audible, choose_end, choose_modality, decode_text, generate_audio,
-                    generate_text, listen, load_runtime, prefix, to_wave, write_audio)
+from sample import (MAX_SECONDS, TEMPERATURE, TOP_K, audible, choose_end, choose_modality, decode_text,
+                    generate_audio, generate_text, listen, load_runtime, prefix, to_wave, write_audio)
 from sequences import audio_rows
 from utils import fail
 
@@ -67,7 +67,7 @@ class Settings:
     cfg: float = 3.0
     temperature: float = TEMPERATURE
     top_k: int = TOP_K
-    max_seconds: float = 10.0
+    max_seconds: float = MAX_SECONDS
     max_text_tokens: int = 200
     vae: bool = True
     seed: int = 0
@@ -251,7 +251,7 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="audio sampling temperature")
     p.add_argument("--top_k", type=int, default=TOP_K, help="audio: sample among the k likeliest codes")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same chain")
-    p.add_argument("--max_seconds", type=float, default=10.0, help="the longest audio step")
+    p.add_argument("--max_seconds", type=float, default=MAX_SECONDS, help="the longest audio step")
     p.add_argument("--max_text_tokens", type=int, default=200, help="the longest text step")
     p.add_argument("--no_vae", action="store_true", help="write the codec's 16 kHz mono, not 48 kHz stereo")
     args = p.parse_args(argv)
